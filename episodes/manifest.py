@@ -1,0 +1,81 @@
+"""Episode manifests: episodes as JSON, tied to the data set they were drawn from.
+
+A manifest names every episode's classes and images by *name and id*, not by index, and carries
+the data set's fingerprint, so a run can be shared and re-scored exactly, and loading it onto
+other data is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import DatasetError
+from .imageset import ImageSet
+from .sampling import Episodes, EpisodeSpec
+
+FORMAT = "fewshot-episodes/1"
+
+
+def save_manifest(path: str | os.PathLike, episodes: Episodes, data: ImageSet) -> Path:
+    """Write ``episodes`` (drawn from ``data``) as JSON, atomically."""
+    path = Path(path)
+    ids = np.asarray(data.ids, dtype=object)
+    names = np.asarray(data.class_names, dtype=object)
+    doc = {
+        "format": FORMAT,
+        "spec": {"way": episodes.spec.way, "shot": episodes.spec.shot, "query": episodes.spec.query},
+        "seed": episodes.seed,
+        "within_group": episodes.within_group,
+        "dataset": {"name": data.name, "fingerprint": data.fingerprint, "images": len(data),
+                    "classes": data.num_classes},
+        "episodes": [
+            {"classes": names[c].tolist(), "support": ids[s].tolist(), "query": ids[q].tolist()}
+            for c, s, q in zip(episodes.classes.numpy(), episodes.support.numpy(), episodes.query.numpy())
+        ],
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(doc, f, separators=(",", ":"))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+def load_manifest(path: str | os.PathLike, data: ImageSet) -> Episodes:
+    """Episodes from a manifest, as indices into ``data``; refused if ``data`` is another data set."""
+    path = Path(path)
+    try:
+        doc = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise DatasetError("no such manifest file", path) from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DatasetError(f"not a readable JSON manifest ({exc})", path) from None
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        raise DatasetError(f"not a fewshot episode manifest (expected format {FORMAT!r})", path)
+    want = doc["dataset"]["fingerprint"]
+    if want != data.fingerprint:
+        raise DatasetError(
+            f"manifest was drawn from data set {doc['dataset'].get('name')!r} (fingerprint {want}), "
+            f"not from {data.name!r} (fingerprint {data.fingerprint})", path)
+    spec = EpisodeSpec(**doc["spec"])
+    id_index = {i: n for n, i in enumerate(data.ids)}
+    class_index = {c: n for n, c in enumerate(data.class_names)}
+    eps = doc["episodes"]
+    try:
+        classes = np.array([[class_index[c] for c in ep["classes"]] for ep in eps], dtype=np.int64)
+        support = np.array([[[id_index[i] for i in row] for row in ep["support"]] for ep in eps], dtype=np.int64)
+        query = np.array([[[id_index[i] for i in row] for row in ep["query"]] for ep in eps], dtype=np.int64)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise DatasetError(f"manifest names an image or class the data set lacks ({exc})", path) from None
+    e = len(eps)
+    if support.shape != (e, spec.way, spec.shot) or query.shape != (e, spec.way, spec.query):
+        raise DatasetError("manifest episodes do not match its spec", path)
+    return Episodes(torch.from_numpy(support), torch.from_numpy(query), torch.from_numpy(classes),
+                    spec, doc.get("seed"), bool(doc.get("within_group", False)))

@@ -1,0 +1,1 @@
+"""Subcommands of the ``fewshot`` CLI, one module each (see ``fewshot.cli``)."""
