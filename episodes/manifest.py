@@ -59,19 +59,26 @@ def load_manifest(path: str | os.PathLike, data: ImageSet) -> Episodes:
         raise DatasetError(f"not a readable JSON manifest ({exc})", path) from None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise DatasetError(f"not a fewshot episode manifest (expected format {FORMAT!r})", path)
-    want = doc["dataset"]["fingerprint"]
+    try:
+        want = doc["dataset"]["fingerprint"]
+        spec = EpisodeSpec(**doc["spec"])
+        eps = list(doc["episodes"])
+    except (KeyError, TypeError) as exc:
+        raise DatasetError(f"incomplete manifest (missing or malformed {exc})", path) from None
+    except DatasetError as exc:
+        raise DatasetError(exc.cause, path) from None
     if want != data.fingerprint:
         raise DatasetError(
             f"manifest was drawn from data set {doc['dataset'].get('name')!r} (fingerprint {want}), "
             f"not from {data.name!r} (fingerprint {data.fingerprint})", path)
-    spec = EpisodeSpec(**doc["spec"])
     id_index = {i: n for n, i in enumerate(data.ids)}
     class_index = {c: n for n, c in enumerate(data.class_names)}
-    eps = doc["episodes"]
     try:
         classes = np.array([[class_index[c] for c in ep["classes"]] for ep in eps], dtype=np.int64)
-        support = np.array([[[id_index[i] for i in row] for row in ep["support"]] for ep in eps], dtype=np.int64)
-        query = np.array([[[id_index[i] for i in row] for row in ep["query"]] for ep in eps], dtype=np.int64)
+        support = np.array([[[id_index[i] for i in row] for row in ep["support"]] for ep in eps],
+                           dtype=np.int64)
+        query = np.array([[[id_index[i] for i in row] for row in ep["query"]] for ep in eps],
+                         dtype=np.int64)
     except (KeyError, TypeError, ValueError) as exc:
         raise DatasetError(f"manifest names an image or class the data set lacks ({exc})", path) from None
     e = len(eps)

@@ -83,7 +83,9 @@ class Episodes:
         return features[s_idx], sy.to(features.device), features[q_idx], qy.to(features.device)
 
 
-def _labels_of(source: ImageSet | torch.Tensor | np.ndarray) -> tuple[np.ndarray, list[str] | None, list[str]]:
+def _labels_of(
+    source: ImageSet | torch.Tensor | np.ndarray,
+) -> tuple[np.ndarray, list[str] | None, list[str]]:
     if isinstance(source, ImageSet):
         return source.labels.numpy(), source.groups, source.class_names
     labels = np.asarray(source.cpu() if isinstance(source, torch.Tensor) else source, dtype=np.int64)
@@ -108,6 +110,16 @@ def sample_episodes(
     those that hold enough classes). Classes with fewer than ``shot + query`` images make the
     request fail with their names, unless ``drop_small`` leaves them out.
     """
+    try:
+        return _sample(source, spec, count, seed, within_group, drop_small)
+    except DatasetError as exc:
+        if exc.path is None and isinstance(source, ImageSet) and source.name:
+            raise DatasetError(exc.cause, source.name) from None  # say which data set
+        raise
+
+
+def _sample(source: ImageSet | torch.Tensor | np.ndarray, spec: EpisodeSpec, count: int, seed: int,
+            within_group: bool, drop_small: bool) -> Episodes:
     if count < 1:
         raise DatasetError(f"episode count must be positive, got {count}")
     labels, groups, class_names = _labels_of(source)
@@ -132,9 +144,11 @@ def sample_episodes(
         pools = [eligible_ids[group_arr[eligible_ids] == g] for g in names]
         usable = [i for i, p in enumerate(pools) if len(p) >= spec.way]
         if not usable:
-            biggest = max(len(p) for p in pools) if pools else 0
+            biggest = int(np.argmax([len(p) for p in pools])) if pools else -1
+            largest = (f"the largest, {names[biggest]}, has {len(pools[biggest])}" if pools
+                       else "there are none")
             raise DatasetError(f"{spec.way}-way within-group episodes need a group with {spec.way} "
-                               f"classes of >= {spec.per_class} images; the largest has {biggest}")
+                               f"classes of >= {spec.per_class} images; {largest}")
         pick = rng.integers(0, len(usable), size=count)
         classes = np.empty((count, spec.way), dtype=np.int64)
         for j, gi in enumerate(usable):
@@ -156,10 +170,9 @@ def sample_episodes(
     flat = classes.reshape(-1)
     pos = _sample_without_replacement(rng, counts[flat], spec.per_class)
     idx = by_class[starts[flat][:, None] + pos].reshape(count, spec.way, spec.per_class)
-    idx_t = torch.from_numpy(idx)
     return Episodes(
-        support=idx_t[:, :, :spec.shot].contiguous(),
-        query=idx_t[:, :, spec.shot:].contiguous(),
+        support=torch.from_numpy(np.ascontiguousarray(idx[:, :, :spec.shot])),
+        query=torch.from_numpy(np.ascontiguousarray(idx[:, :, spec.shot:])),
         classes=torch.from_numpy(classes),
         spec=spec,
         seed=seed,
@@ -180,7 +193,7 @@ def _sample_without_replacement(rng: np.random.Generator, n: np.ndarray, k: int)
     wide = k * k <= n
     rows = np.flatnonzero(wide)
     while rows.size:
-        draw = np.floor(rng.random((rows.size, k)) * n[rows, None]).astype(np.int64)
+        draw = (rng.random((rows.size, k)) * n[rows, None]).astype(np.int32)  # floor: values >= 0
         srt = np.sort(draw, axis=1)
         ok = (srt[:, 1:] != srt[:, :-1]).all(axis=1)
         out[rows[ok]] = draw[ok]

@@ -1,0 +1,1 @@
+"""One reader module per data source; each returns an :class:`episodes.ImageSet`."""

@@ -1,0 +1,442 @@
+"""Adaptation to new classes: a folder (or tensors) of a few images per class in, a classifier out.
+
+``adapt`` embeds the support set once, fits a head once (``ls`` ridge with leave-one-out λ by
+default, ``proto`` or ``nn``), estimates its accuracy by leave-one-out on the support set and fits
+a softmax temperature by minimising the leave-one-out negative log-likelihood. ``update`` adds
+classes or shots to a classifier from the sufficient statistics it keeps, without re-embedding
+the images it has already seen.
+
+Leave-one-out, exactly and without refits:
+
+- ``proto``: each image is removed from its own class mean (``(S_c - x_i)/(n_c - 1)``);
+- ``nn``: each image is excluded from its own neighbours;
+- ``ls``: the hat-matrix identity of penalised least squares, ``ŷ₋ᵢ = (ŷᵢ - hᵢᵢyᵢ)/(1 - hᵢᵢ)``.
+
+A class with a single image cannot be left out (nothing of it would remain): its image gets no
+LOO estimate, and the estimate covers the classes with two or more images.
+
+λ after ``update`` (ls): chosen by generalised cross-validation (Golub, Heath and Wahba 1979),
+``GCV(λ) = n·RSS(λ) / (n - df(λ))²`` with ``df = 1 + Σ sⱼ/(sⱼ+λ)``, which needs only ``XᵀX``,
+``Xᵀ1``, ``XᵀY`` and the counts: with ``A = XcᵀXc = V diag(s) Vᵀ``, ``G = VᵀXcᵀYc``,
+``RSS = tr(YcᵀYc) - Σⱼ (2/(sⱼ+λ) - sⱼ/(sⱼ+λ)²)·‖Gⱼ‖²`` and ``tr(YcᵀYc) = Σ counts - ‖counts‖²/n``
+(one-hot targets). GCV is the rotation-invariant version of exact LOO, whose per-row hat values
+need the rows themselves, which ``update`` no longer has. Pass ``lam=`` to keep a fixed λ.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from episodes.decode import IMAGE_EXTENSIONS, is_image_file
+from episodes.errors import DatasetError
+from episodes.imageset import ImageSet
+
+from .classifier import (
+    HEAD_KINDS,
+    FewShotClassifier,
+    NeighbourState,
+    ProtoState,
+    RidgeState,
+    read_images,
+)
+from .errors import FewShotError
+from .heads.ls import DEFAULT_GRID, loo_select
+from .preprocess import Preprocess
+
+__all__ = ["adapt", "update", "AdaptReport", "list_support_folder", "head_from_results", "gcv_select",
+           "fit_temperature"]
+
+# Checkpoint keys the classifier file keeps (what ``load_encoder`` reads; optimizer state is dropped).
+_CHECKPOINT_KEYS = ("format", "model", "encoder", "preprocess", "distance", "hash", "base_classes",
+                    "base_mean", "config", "epoch", "val_accuracy")
+
+
+# ------------------------------------------------------------------ report
+@dataclass
+class AdaptReport:
+    """What ``adapt``/``update`` used and how well the head classifies its own support set by LOO."""
+
+    head: str
+    class_names: list[str]
+    images: list[int]                 # images per class held by the classifier
+    added: list[int]                  # images per class read in this call
+    loo_correct: list[int]            # per class, LOO-correct among the images estimated
+    loo_total: list[int]              # per class, images with a LOO estimate (0 for 1-image classes)
+    temperature: float
+    lam: float | None = None
+    transform: str = "none"
+    skipped: list[str] = field(default_factory=list)
+    scope: str = "all support images"
+
+    @property
+    def loo_accuracy(self) -> float:
+        total = sum(self.loo_total)
+        return sum(self.loo_correct) / total if total else math.nan
+
+    def table(self) -> str:
+        width = max([len("class")] + [len(c) for c in self.class_names])
+        lines = [f"{'class':<{width}}  images  added  LOO accuracy"]
+        rows = zip(self.class_names, self.images, self.added, self.loo_correct, self.loo_total)
+        for name, n, a, c, t in rows:
+            est = f"{c / t:.3f} ({c}/{t})" if t else "n/a (1 image)" if n == 1 else "n/a"
+            lines.append(f"{name:<{width}}  {n:>6}  {a:>5}  {est}")
+        total = sum(self.loo_total)
+        acc = f"{self.loo_accuracy:.3f} ({sum(self.loo_correct)}/{total})" if total else "n/a"
+        lam = f", lambda {self.lam:.3g}" if self.lam is not None else ""
+        lines.append(f"head {self.head} ({self.transform} features{lam}), "
+                     f"temperature {self.temperature:.4g}; "
+                     f"{sum(self.images)} images, {len(self.class_names)} classes; "
+                     f"leave-one-out accuracy {acc} over {self.scope}")
+        return "\n".join(lines)
+
+
+# ----------------------------------------------------------------- support
+def list_support_folder(root: str | os.PathLike, *, strict: bool = False
+                        ) -> tuple[list[str], list[str], list[int]]:
+    """``(paths, class_names, labels)`` of ``root/<class>/*.{png,jpg,jpeg,bmp,webp}``.
+
+    Files without an image extension are skipped with a warning naming them (``strict``: error);
+    hidden files are ignored. Raises ``DatasetError`` for a missing folder or a class folder
+    without images.
+    """
+    root = Path(root)
+    if not root.exists():
+        raise DatasetError("no such support folder", root)
+    if not root.is_dir():
+        raise DatasetError("support must be a folder of class folders", root)
+    classes = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not classes:
+        raise DatasetError(f"no class folders (expected <class>/*{{{','.join(IMAGE_EXTENSIONS)}}})", root)
+    loose = sorted(f.name for f in root.iterdir() if f.is_file() and not f.name.startswith("."))
+    if loose:
+        warnings.warn(f"{root}: ignored {len(loose)} file(s) outside class folders, e.g. {loose[0]}",
+                      stacklevel=2)
+    paths, labels, names = [], [], []
+    for d in classes:
+        files = sorted(f for f in d.rglob("*") if f.is_file() and not f.name.startswith("."))
+        images = [f for f in files if is_image_file(f)]
+        for f in files:
+            if not is_image_file(f):
+                if strict:
+                    raise DatasetError(f"not an image file (expected {', '.join(IMAGE_EXTENSIONS)})", f)
+                warnings.warn(f"skipped {f}: not an image file", stacklevel=2)
+        if not images:
+            raise DatasetError("class folder holds no images", d)
+        names.append(d.name)
+        paths += [os.fspath(f) for f in images]
+        labels += [len(names) - 1] * len(images)
+    return paths, names, labels
+
+
+def _support_tensors(support, preprocess: Preprocess, *, labels=None, class_names=None, strict: bool = False,
+                     progress: bool = False) -> tuple[torch.Tensor, torch.Tensor, list[str], list[str]]:
+    """``(images uint8 [N,C,H,W], labels [N], class_names, skipped)`` from any accepted support."""
+    skipped: list[str] = []
+    if isinstance(support, (str, os.PathLike)):
+        paths, class_names, labels = list_support_folder(support, strict=strict)
+        images, kept, skipped = read_images(paths, preprocess, strict=strict, progress=progress)
+        keep = set(kept)
+        labels = torch.tensor([lab for p, lab in zip(paths, labels) if p in keep], dtype=torch.int64)
+        counts = torch.bincount(labels, minlength=len(class_names))
+        empty = [class_names[i] for i in torch.nonzero(counts == 0).flatten().tolist()]
+        if empty:
+            raise DatasetError(f"class folder {empty[0]!r} has no readable images", Path(support) / empty[0])
+        return images, labels, list(class_names), skipped
+    if isinstance(support, ImageSet):
+        return support.images, support.labels, list(support.class_names), skipped
+    if isinstance(support, (tuple, list)) and support and isinstance(support[0], torch.Tensor):
+        images, *rest = support
+        if rest:
+            labels = rest[0]
+        if len(rest) > 1:
+            class_names = rest[1]
+    elif isinstance(support, torch.Tensor):
+        images = support
+    else:
+        raise FewShotError(f"support must be a folder, an ImageSet or (images, labels, class_names) tensors, "
+                           f"got {type(support).__name__}")
+    if labels is None:
+        raise FewShotError("support images given as a tensor need labels")
+    labels = torch.as_tensor(labels, dtype=torch.int64).flatten()
+    if images.dim() != 4 or images.shape[0] != labels.shape[0]:
+        raise FewShotError(f"support images must be [N, C, H, W] with one label each, got "
+                           f"{tuple(images.shape)} and {tuple(labels.shape)} labels")
+    if images.shape[1] not in (1, 3):
+        raise FewShotError(f"expected support images with 1 or 3 channels (the encoder takes "
+                           f"{preprocess.channels}), got {images.shape[1]} channels")
+    k = int(labels.max()) + 1 if labels.numel() else 0
+    class_names = [str(i) for i in range(k)] if class_names is None else [str(c) for c in class_names]
+    if labels.numel() and (int(labels.min()) < 0 or k > len(class_names)):
+        raise FewShotError(f"support labels must lie in [0, {len(class_names)})")
+    return images, labels, class_names, skipped
+
+
+# ------------------------------------------------------------------ encoder
+def _load_encoder(encoder_or_checkpoint, preprocess: Preprocess | None, reference: bool, device: str
+                  ) -> tuple[nn.Module, Preprocess, dict, dict]:
+    """``(encoder, preprocess, info, source)``; ``source`` is what the classifier file stores."""
+    from .checkpoint import load_checkpoint, load_encoder
+
+    if isinstance(encoder_or_checkpoint, nn.Module):
+        if preprocess is None:
+            raise FewShotError("an encoder module needs preprocess=Preprocess(...) "
+                               "(a checkpoint carries its own)")
+        return encoder_or_checkpoint.eval(), preprocess, {"distance": "euclidean", "base_mean": None}, {}
+    if isinstance(encoder_or_checkpoint, dict):
+        ckpt, path = encoder_or_checkpoint, encoder_or_checkpoint.get("path")
+    else:
+        path = os.fspath(encoder_or_checkpoint)
+        ckpt = load_checkpoint(path)
+    model, info = load_encoder(ckpt, device=device)
+    if reference:
+        if path is None:
+            raise FewShotError("reference=True needs a checkpoint file, not an in-memory checkpoint")
+        source = {"reference": {"path": os.path.abspath(path), "hash": info["hash"]}}
+    else:
+        kept = {k: ckpt[k] for k in _CHECKPOINT_KEYS if k in ckpt and ckpt[k] is not None}
+        kept["hash"] = info["hash"]
+        source = {"checkpoint": kept}
+    return model, preprocess or info["preprocess"], info, source
+
+
+# -------------------------------------------------------------- head choice
+def head_from_results(path: str | os.PathLike) -> tuple[str, str | None]:
+    """``(head, transform)`` of the best adaptable head in a ``fewshot eval`` results.json.
+
+    The winner is the head with the highest mean accuracy at the largest shot count evaluated,
+    among the heads adaptation supports (proto, nn, ls); ``transform`` is the feature transform
+    the evaluation used (or None).
+    """
+    path = Path(path)
+    try:
+        doc = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FewShotError("no such results file", path) from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise FewShotError(f"not a readable results.json ({exc})", path) from None
+    rows = _result_rows(doc)
+    rows = [r for r in rows if r[0].split(":")[0] in HEAD_KINDS]
+    if not rows:
+        raise FewShotError(f"results name none of the adaptable heads ({', '.join(HEAD_KINDS)})", path)
+    top_shot = max(r[1] for r in rows)
+    head = max((r for r in rows if r[1] == top_shot), key=lambda r: r[2])[0].split(":")[0]
+    transform = doc.get("transform") if isinstance(doc, dict) else None
+    if isinstance(doc, dict) and isinstance(doc.get("config"), dict):
+        transform = doc["config"].get("transform", transform)
+    return head, transform if isinstance(transform, str) else None
+
+
+def _result_rows(doc) -> list[tuple[str, int, float]]:
+    """``(head, shot, mean accuracy)`` rows from the results document, whatever its nesting."""
+    rows: list[tuple[str, int, float]] = []
+
+    def visit(obj) -> None:
+        if isinstance(obj, dict):
+            head, shot = obj.get("head"), obj.get("shot", obj.get("shots"))
+            mean = obj.get("mean", obj.get("accuracy", obj.get("mean_accuracy")))
+            if isinstance(head, str) and isinstance(shot, int) and isinstance(mean, (int, float)):
+                rows.append((head, shot, float(mean)))
+            for v in obj.values():
+                visit(v)
+        elif isinstance(obj, list):
+            for v in obj:
+                visit(v)
+
+    visit(doc)
+    return rows
+
+
+# -------------------------------------------------------------------- fits
+def gcv_select(state: RidgeState, grid: Sequence[float] = DEFAULT_GRID) -> tuple[float, torch.Tensor]:
+    """λ minimising generalised cross-validation, from the ridge statistics alone (module docstring)."""
+    a, b, _, _ = state.centred()
+    n = state.n
+    s, v = torch.linalg.eigh(a)
+    s = s.clamp_min(0)
+    g2 = (v.T @ b).pow(2).sum(1)                                   # ‖Gⱼ‖²
+    counts = state.counts.double()
+    tyy = counts.sum() - counts.pow(2).sum() / n
+    lams = torch.as_tensor(list(grid), dtype=torch.float64)
+    d = 1.0 / (s.unsqueeze(0) + lams.unsqueeze(1))                 # [L, D]
+    rss = tyy - ((2 * d - s * d * d) * g2).sum(1)
+    df = 1.0 + (s * d).sum(1)
+    gcv = n * rss.clamp_min(0) / (n - df).clamp_min(1e-9).pow(2)
+    return float(lams[int(gcv.argmin())]), gcv
+
+
+def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """Softmax temperature minimising the negative log-likelihood of ``labels`` (scipy, log-scale search)."""
+    from scipy.optimize import minimize_scalar
+
+    logits, labels = logits.double(), labels.long()
+    finite = torch.isfinite(logits).all(1)
+    logits, labels = logits[finite], labels[finite]
+    if logits.shape[0] == 0:
+        return 1.0
+    spread = float((logits.max(1).values - logits.min(1).values).mean())
+    if not spread > 0:
+        return 1.0
+
+    def nll(log_t: float) -> float:
+        return float(nn.functional.cross_entropy(logits / math.exp(log_t), labels))
+
+    centre = math.log(spread)
+    res = minimize_scalar(nll, bounds=(centre - 12, centre + 6), method="bounded", options={"xatol": 1e-4})
+    return float(math.exp(res.x))
+
+
+def _loo(head: nn.Module, z: torch.Tensor, y: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+    if isinstance(head, NeighbourState):
+        return head.loo_logits(z, y, rows)
+    return head.loo_logits(z, y)
+
+
+def _estimate(head: nn.Module, z: torch.Tensor, y: torch.Tensor, rows: torch.Tensor | None = None
+              ) -> tuple[list[int], list[int], float | None]:
+    """Per-class LOO correct and totals over rows whose class holds >= 2 images, and a temperature."""
+    k = int(head.counts.shape[0])
+    with torch.no_grad():
+        logits = _loo(head, z, y, rows)
+    eligible = head.counts[y] > 1
+    correct = (logits.argmax(1) == y) & eligible
+    loo_correct = torch.bincount(y[correct], minlength=k).tolist()
+    loo_total = torch.bincount(y[eligible], minlength=k).tolist()
+    temperature = fit_temperature(logits[eligible], y[eligible]) if bool(eligible.any()) else None
+    return loo_correct, loo_total, temperature
+
+
+def _fit_head(kind: str, z: torch.Tensor, y: torch.Tensor, k: int, distance: str,
+              lam: float | None) -> nn.Module:
+    if kind == "proto":
+        return ProtoState.fit(z, y, k, distance)
+    if kind == "nn":
+        return NeighbourState.fit(z, y, k, distance)
+    if lam is None:
+        targets = nn.functional.one_hot(y, k).double()
+        lam = float(loo_select(z.double().unsqueeze(0), targets.unsqueeze(0), DEFAULT_GRID).lam[0])
+    return RidgeState.fit(z, y, k, lam)
+
+
+# -------------------------------------------------------------------- API
+def adapt(encoder_or_checkpoint: str | os.PathLike | dict | nn.Module, support, *, head: str | None = None,
+          results: str | os.PathLike | None = None, transform: str | None = None, lam: float | None = None,
+          labels=None, class_names: Sequence[str] | None = None, preprocess: Preprocess | None = None,
+          reference: bool = False, strict: bool = False, batch_size: int = 256, device: str = "cpu",
+          progress: bool = False) -> FewShotClassifier:
+    """A classifier for the classes of ``support``, from a trained encoder, without training.
+
+    Args:
+        encoder_or_checkpoint: a checkpoint path (or its dict), or an encoder module (then pass
+            ``preprocess``; such a classifier works in memory but cannot be saved).
+        support: a folder ``<class>/<images>``, an ``ImageSet``, or tensors ``(images, labels[,
+            class_names])`` (uint8 ``[N, C, H, W]``, any size, 1 or 3 channels).
+        head: ``"ls"`` (ridge, λ by leave-one-out; the default), ``"proto"`` or ``"nn"``; default
+            the winner in ``results`` (a ``fewshot eval`` results.json) when given.
+        transform: feature transform ``none``/``l2``/``cl2n``; default from ``results``, else ``l2``
+            for a cosine-trained encoder and ``none`` for a euclidean one.
+        lam: fixed ridge λ instead of the leave-one-out choice.
+        reference: store the checkpoint's path and hash instead of its weights.
+        strict: unreadable files are errors instead of warnings.
+
+    The result's ``.report`` (:class:`AdaptReport`) holds per-class counts and the LOO estimate.
+    """
+    res_transform = None
+    if head is None:
+        head, res_transform = head_from_results(results) if results is not None else ("ls", None)
+    head = head.split(":")[0]
+    if head not in HEAD_KINDS:
+        raise FewShotError(f"head {head!r} cannot be adapted; choose one of {', '.join(HEAD_KINDS)}")
+    if batch_size < 1:
+        raise FewShotError(f"batch size must be positive, got {batch_size}")
+    encoder, preprocess, info, source = _load_encoder(encoder_or_checkpoint, preprocess, reference, device)
+    distance = info.get("distance") or "euclidean"
+    transform = transform or res_transform or ("l2" if distance == "cosine" else "none")
+    images, y, names, skipped = _support_tensors(support, preprocess, labels=labels, class_names=class_names,
+                                                 strict=strict, progress=progress)
+    counts = torch.bincount(y, minlength=len(names))
+    if bool((counts == 0).any()):
+        empty = [names[i] for i in torch.nonzero(counts == 0).flatten().tolist()]
+        raise FewShotError(f"class {empty[0]!r} has no support images")
+    if len(names) < 2:
+        raise FewShotError(f"the support set has a single class ({names[0]!r}); "
+                           "a classifier needs at least two")
+    if len(set(names)) != len(names):
+        raise FewShotError("class names must be unique")
+    clf = FewShotClassifier(encoder, preprocess, _placeholder(len(names)), names, transform=transform,
+                            base_mean=info.get("base_mean"), source=source)
+    z = clf.embed(images, batch_size=batch_size, progress=progress)
+    state = _fit_head(head, z, y, len(names), distance, lam)
+    loo_correct, loo_total, temperature = _estimate(state, z, y)
+    clf.head = state
+    clf.temperature = temperature if temperature is not None else 1.0
+    clf.report = AdaptReport(head, names, counts.tolist(), counts.tolist(), loo_correct, loo_total,
+                             clf.temperature, getattr(state, "lam", None), transform, skipped)
+    return clf
+
+
+def update(classifier: FewShotClassifier, more_support, *, lam: float | None = None, labels=None,
+           class_names: Sequence[str] | None = None, strict: bool = False, batch_size: int = 256,
+           progress: bool = False) -> FewShotClassifier:
+    """A classifier with the classes or shots of ``more_support`` added, without re-embedding the old ones.
+
+    Classes whose name the classifier knows get more shots; other names become new classes. The
+    head is re-solved from its merged sufficient statistics (so the result equals adapting on the
+    union from scratch, at the same λ). ``ls``: λ is re-chosen by GCV from the statistics (see the
+    module docstring) unless ``lam`` is given. The LOO estimate and temperature are recomputed
+    over the new images (``nn``: over all images); with fewer than 10 estimable new images the
+    previous temperature is kept.
+    """
+    images, y_local, names, skipped = _support_tensors(
+        more_support, classifier.preprocess, labels=labels, class_names=class_names, strict=strict,
+        progress=progress)
+    all_names = list(classifier.class_names)
+    index = {n: i for i, n in enumerate(all_names)}
+    for n in names:
+        if n not in index:
+            index[n] = len(all_names)
+            all_names.append(n)
+    remap = torch.tensor([index[n] for n in names], dtype=torch.int64)
+    y = remap[y_local] if y_local.numel() else y_local
+    if y.numel() == 0:
+        raise FewShotError("no new support images to add")
+    k = len(all_names)
+    z = classifier.embed(images, batch_size=batch_size, progress=progress)
+    old = classifier.head
+    old_n = len(old.labels) if isinstance(old, NeighbourState) else 0
+    if isinstance(old, RidgeState):
+        merged = old.merged(z, y, k)
+        chosen = lam if lam is not None else gcv_select(merged)[0]
+        if chosen != merged.lam:
+            merged = RidgeState(merged.xtx, merged.xsum, merged.xty, merged.counts, chosen)
+    else:
+        merged = old.merged(z, y, k)
+    if isinstance(merged, NeighbourState):
+        loo_correct, loo_total, temperature = _estimate(merged, merged.features, merged.labels)
+        scope = "all support images"
+    else:
+        loo_correct, loo_total, temperature = _estimate(merged, z, y)
+        scope = "the images added by this update"
+    if temperature is None or (sum(loo_total) < 10 and old_n == 0):
+        temperature = classifier.temperature
+    clf = FewShotClassifier(classifier.encoder, classifier.preprocess, merged, all_names,
+                            transform=classifier.transform, base_mean=classifier.base_mean,
+                            temperature=temperature,
+                            source=classifier.source)
+    added = torch.bincount(y, minlength=k).tolist()
+    clf.report = AdaptReport(merged.kind, all_names, merged.counts.tolist(), added, loo_correct, loo_total,
+                             temperature, getattr(merged, "lam", None), classifier.transform, skipped, scope)
+    return clf
+
+
+def _placeholder(k: int) -> nn.Module:
+    """A head to construct the classifier with before the real one is fitted (embedding needs none)."""
+    return ProtoState(torch.zeros(k, 1, dtype=torch.float64), torch.ones(k, dtype=torch.int64))

@@ -1,0 +1,130 @@
+"""Checkpoints: atomic writes, safe reads, and rebuilding an encoder from one.
+
+A checkpoint is a plain dict of tensors, numbers, strings and containers, so it loads with
+``torch.load(weights_only=True)`` (no pickle code runs). It is written to a temporary file in the
+target folder, fsynced and renamed over the old one: a kill at any moment leaves either the
+previous checkpoint or the new one, whole.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+from .encoders import build_encoder
+from .errors import FewShotError
+from .preprocess import Preprocess
+
+__all__ = ["FORMAT", "save_checkpoint", "load_checkpoint", "load_encoder", "state_hash"]
+
+FORMAT = "fewshot-checkpoint/1"
+
+
+def save_checkpoint(path: str | os.PathLike, obj: dict) -> Path:
+    """Write ``obj`` to ``path`` atomically (temporary file, fsync, rename, fsync of the folder)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    obj = {"format": FORMAT, **obj}
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(obj, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    try:  # make the rename itself durable
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError:  # pragma: no cover - some filesystems refuse fsync on folders
+        pass
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
+    """Read a fewshot checkpoint with ``weights_only=True``; FewShotError if missing, corrupt or foreign."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FewShotError("no such checkpoint", path)
+    if os.path.isdir(path):
+        raise FewShotError("is a folder, not a checkpoint (give best.pt or last.pt)", path)
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - anything unreadable is a bad file
+        cause = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if "weights_only" in str(exc) or "Unsupported global" in str(exc):
+            cause = "holds Python objects that weights_only loading refuses to run"
+        raise FewShotError(f"not a readable checkpoint ({cause[:200]})", path) from None
+    if not isinstance(obj, dict) or obj.get("format") != FORMAT:
+        raise FewShotError("not a fewshot checkpoint (no fewshot-checkpoint format tag)", path)
+    for key in ("model", "encoder"):
+        if key not in obj:
+            raise FewShotError(f"fewshot checkpoint lacks {key!r}", path)
+    return obj
+
+
+def state_hash(state_dict: dict) -> str:
+    """16-hex content hash of a model state (names, shapes, dtypes and values)."""
+    h = hashlib.sha256()
+    for key in sorted(state_dict):
+        t = state_dict[key]
+        h.update(key.encode())
+        if isinstance(t, torch.Tensor):
+            t = t.detach().cpu().contiguous()
+            h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        else:
+            h.update(repr(t).encode())
+    return h.hexdigest()[:16]
+
+
+def load_encoder(path_or_dict: str | os.PathLike | dict, device: str | torch.device = "cpu"
+                 ) -> tuple[torch.nn.Module, dict]:
+    """Rebuild the trained encoder (in eval mode) and its info from a checkpoint.
+
+    ``info``: ``preprocess`` (:class:`Preprocess`), ``distance`` (``"cosine"``/``"euclidean"``),
+    ``hash`` (16 hex of the weights), ``path``, ``base_classes`` (names), ``base_mean``
+    (``[D]`` mean embedding of the base training images) and ``config`` (the training config).
+    """
+    if isinstance(path_or_dict, dict):
+        ckpt, path = path_or_dict, path_or_dict.get("path")
+    else:
+        path = os.fspath(path_or_dict)
+        ckpt = load_checkpoint(path)
+    spec = ckpt["encoder"]
+    if spec.get("custom"):
+        raise FewShotError(f"checkpoint of a custom encoder module ({spec.get('name')}) cannot be rebuilt "
+                           "by name; build the module and load ckpt['model'] into it", path)
+    model = build_encoder(spec["name"], in_channels=spec["in_channels"], num_classes=spec["num_classes"],
+                          embedding_dim=spec.get("embedding_dim"), **spec.get("kwargs", {}))
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as exc:
+        raise FewShotError(f"weights do not fit encoder {spec['name']} ({str(exc).splitlines()[0]})",
+                           path) from None
+    model = model.to(device).eval()
+    base_mean = ckpt.get("base_mean")
+    info = {
+        "preprocess": Preprocess.from_dict(ckpt["preprocess"]),
+        "distance": ckpt.get("distance", "cosine"),
+        "hash": ckpt.get("hash") or state_hash(ckpt["model"]),
+        "path": path,
+        "base_classes": list(ckpt.get("base_classes", [])),
+        "base_mean": None if base_mean is None else base_mean.float().to(device),
+        "config": dict(ckpt.get("config", {})),
+        "epoch": ckpt.get("epoch"),
+        "val_accuracy": ckpt.get("val_accuracy"),
+    }
+    return model, info

@@ -1,0 +1,578 @@
+"""`FewShotClassifier`: a trained encoder plus a head fitted on new classes, as one ``nn.Module``.
+
+The fitted heads keep their *sufficient statistics* (class sums and counts for prototypes;
+``XᵀX``, ``Xᵀ1``, ``XᵀY`` and counts for ridge; the support itself for nearest neighbour) so that
+:func:`fewshot.adapt.update` can add classes or shots without re-embedding anything.
+
+A classifier is saved as one file, written atomically, that ``torch.load(weights_only=True)``
+reads (tensors, dicts, lists, strings and numbers only)::
+
+    {"format": "fewshot-classifier", "version": 1, "sha256": <hash of payload>, "payload": {...}}
+
+:func:`load_classifier` refuses a file of another format or version, and a file whose payload no
+longer matches its hash (tampered or damaged), with a :class:`~fewshot.errors.FewShotError`
+naming the file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .errors import FewShotError
+from .heads.nn import FittedNN
+from .heads.proto import FittedProto
+from .preprocess import Preprocess
+
+__all__ = ["FORMAT", "VERSION", "HEAD_KINDS", "FewShotClassifier", "Predictions", "ProtoState",
+           "RidgeState", "NeighbourState", "load_classifier", "feature_transform", "read_images"]
+
+FORMAT = "fewshot-classifier"
+VERSION = 1
+HEAD_KINDS = ("proto", "ls", "nn")
+TRANSFORMS = ("none", "l2", "cl2n")
+
+
+# ------------------------------------------------------------------ features
+def feature_transform(features: torch.Tensor, kind: str,
+                      base_mean: torch.Tensor | None = None) -> torch.Tensor:
+    """``none``, ``l2`` (unit length) or ``cl2n`` (subtract the base-class mean, then unit length).
+
+    Uses :func:`fewshot.features.transform` when it is available so adaptation and evaluation agree.
+    """
+    if kind not in TRANSFORMS:
+        raise FewShotError(f"unknown feature transform {kind!r}; valid: {', '.join(TRANSFORMS)}")
+    if kind == "cl2n" and base_mean is None:
+        raise FewShotError("the cl2n transform needs the base-class mean, which this checkpoint lacks")
+    try:
+        from .features import transform as _transform
+    except ImportError:  # EVAL's module not there: the same three transforms, written out
+        _transform = None
+    if _transform is not None:
+        return _transform(features, kind, base_mean=base_mean)
+    if kind == "none":
+        return features
+    if kind == "cl2n":
+        features = features - base_mean.to(features)
+    return nn.functional.normalize(features, dim=-1)
+
+
+# --------------------------------------------------------------- head states
+class ProtoState(nn.Module):
+    """Prototype head from class sums ``[K, D]`` (float64) and counts ``[K]``."""
+
+    kind = "proto"
+
+    def __init__(self, sums: torch.Tensor, counts: torch.Tensor, distance: str = "euclidean"):
+        super().__init__()
+        self.register_buffer("sums", sums.double())
+        self.register_buffer("counts", counts.long())
+        self.distance = distance
+
+    @classmethod
+    def fit(cls, z: torch.Tensor, y: torch.Tensor, num_classes: int, distance: str) -> ProtoState:
+        sums = torch.zeros(num_classes, z.shape[1], dtype=torch.float64).index_add_(0, y, z.double())
+        return cls(sums, torch.bincount(y, minlength=num_classes), distance)
+
+    def merged(self, z: torch.Tensor, y: torch.Tensor, num_classes: int) -> ProtoState:
+        """The state after adding rows ``z`` with labels ``y`` (classes ``>= K`` are new)."""
+        grow = num_classes - self.sums.shape[0]
+        sums = torch.cat([self.sums, self.sums.new_zeros(grow, self.sums.shape[1])]).index_add_(
+            0, y, z.double())
+        counts = torch.cat([self.counts, self.counts.new_zeros(grow)])
+        counts = counts + torch.bincount(y, minlength=num_classes)
+        return ProtoState(sums, counts, self.distance)
+
+    @property
+    def prototypes(self) -> torch.Tensor:
+        """Class means, float64 (squared distances of unnormalised features lose digits in float32)."""
+        return self.sums / self.counts.clamp_min(1).unsqueeze(1)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return FittedProto(self.prototypes.unsqueeze(0), self.distance)(z.double().unsqueeze(0))[0].float()
+
+    def loo_logits(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Logits of rows ``z`` (already in the sums) with each row removed from its own class mean.
+
+        A class left with no image gets ``-inf`` for its own row (it cannot be predicted).
+        """
+        logits = self(z)
+        n = self.counts[y]
+        own = (self.sums[y] - z.double()) / (n - 1).clamp_min(1).unsqueeze(1)
+        own_logit = FittedProto(own.unsqueeze(1), self.distance)(z.double().unsqueeze(1))[:, 0, 0].float()
+        own_logit = torch.where(n > 1, own_logit, torch.full_like(own_logit, -math.inf))
+        return logits.scatter(1, y.unsqueeze(1), own_logit.unsqueeze(1))
+
+    def state(self) -> dict:
+        return {"sums": self.sums, "counts": self.counts, "distance": self.distance}
+
+    @classmethod
+    def from_state(cls, d: dict) -> ProtoState:
+        return cls(d["sums"], d["counts"], d["distance"])
+
+
+class NeighbourState(nn.Module):
+    """1-nearest-neighbour head: the support features and labels (its own sufficient statistics)."""
+
+    kind = "nn"
+
+    def __init__(self, features: torch.Tensor, labels: torch.Tensor, num_classes: int,
+                 distance: str = "euclidean"):
+        super().__init__()
+        self.register_buffer("features", features.float())
+        self.register_buffer("labels", labels.long())
+        self.num_classes = int(num_classes)
+        self.distance = distance
+
+    @classmethod
+    def fit(cls, z: torch.Tensor, y: torch.Tensor, num_classes: int, distance: str) -> NeighbourState:
+        return cls(z, y, num_classes, distance)
+
+    def merged(self, z: torch.Tensor, y: torch.Tensor, num_classes: int) -> NeighbourState:
+        return NeighbourState(torch.cat([self.features, z.float()]), torch.cat([self.labels, y]),
+                              num_classes, self.distance)
+
+    @property
+    def counts(self) -> torch.Tensor:
+        return torch.bincount(self.labels, minlength=self.num_classes)
+
+    def _fitted(self) -> FittedNN:
+        return FittedNN(self.features.unsqueeze(0), self.labels.unsqueeze(0), self.num_classes,
+                        distance=self.distance)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self._fitted()(z.float().unsqueeze(0))[0]
+
+    def loo_logits(self, z: torch.Tensor, y: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits of support rows ``rows`` (default: all) with each row excluded from its own neighbours."""
+        rows = torch.arange(len(self.labels)) if rows is None else rows
+        keep = torch.ones(len(rows), len(self.labels), dtype=torch.bool)
+        keep[torch.arange(len(rows)), rows] = False
+        from .heads.nn import pairwise_distance
+        d = pairwise_distance(self.features[rows].unsqueeze(0), self.features.unsqueeze(0), self.distance)[0]
+        d = d.masked_fill(~keep, math.inf)
+        out = torch.full((len(rows), self.num_classes), math.inf)
+        out = out.scatter_reduce(1, self.labels.expand(len(rows), -1), d, reduce="amin")
+        return -out
+
+    def state(self) -> dict:
+        return {"features": self.features, "labels": self.labels, "num_classes": self.num_classes,
+                "distance": self.distance}
+
+    @classmethod
+    def from_state(cls, d: dict) -> NeighbourState:
+        return cls(d["features"], d["labels"], d["num_classes"], d["distance"])
+
+
+class RidgeState(nn.Module):
+    """Least-squares head: ridge regression onto one-hot targets with an unpenalised bias.
+
+    Keeps ``XᵀX`` ``[D, D]``, ``Xᵀ1`` ``[D]``, ``XᵀY`` ``[D, K]`` (= the class sums) and the class
+    counts (= ``1ᵀY``), all float64, so ``W, b`` can be re-solved for more data or another λ:
+    with ``μ = Xᵀ1/n``, ``ȳ = counts/n``: ``W = (XᵀX - nμμᵀ + λI)⁻¹ (XᵀY - nμȳᵀ)``, ``b = ȳ - Wᵀμ``.
+    """
+
+    kind = "ls"
+
+    def __init__(self, xtx: torch.Tensor, xsum: torch.Tensor, xty: torch.Tensor, counts: torch.Tensor,
+                 lam: float):
+        super().__init__()
+        self.register_buffer("xtx", xtx.double())
+        self.register_buffer("xsum", xsum.double())
+        self.register_buffer("xty", xty.double())
+        self.register_buffer("counts", counts.long())
+        self.lam = float(lam)
+        w, b = self.solve(self.lam)
+        self.register_buffer("weight", w.float())
+        self.register_buffer("bias", b.float())
+
+    @property
+    def n(self) -> int:
+        return int(self.counts.sum())
+
+    @staticmethod
+    def statistics(z: torch.Tensor, y: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, ...]:
+        z = z.double()
+        xty = torch.zeros(num_classes, z.shape[1], dtype=torch.float64).index_add_(0, y, z).T.contiguous()
+        return z.T @ z, z.sum(0), xty, torch.bincount(y, minlength=num_classes)
+
+    @classmethod
+    def fit(cls, z: torch.Tensor, y: torch.Tensor, num_classes: int, lam: float) -> RidgeState:
+        return cls(*cls.statistics(z, y, num_classes), lam=lam)
+
+    def centred(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(A = XcᵀXc, B = XcᵀYc, μ, ȳ)`` of the centred data, from the statistics alone."""
+        n = self.n
+        mu, ybar = self.xsum / n, self.counts.double() / n
+        a = self.xtx - n * torch.outer(mu, mu)
+        b = self.xty - n * torch.outer(mu, ybar)
+        return (a + a.T) / 2, b, mu, ybar
+
+    def solve(self, lam: float) -> tuple[torch.Tensor, torch.Tensor]:
+        a, b, mu, ybar = self.centred()
+        reg = a + lam * torch.eye(a.shape[0], dtype=a.dtype)
+        try:
+            chol = torch.linalg.cholesky(reg)
+            w = torch.cholesky_solve(b, chol)
+        except RuntimeError:  # lam ~ 0 on rank-deficient data: least-norm solution
+            w = torch.linalg.lstsq(reg, b).solution
+        return w, ybar - mu @ w
+
+    def merged(self, z: torch.Tensor, y: torch.Tensor, num_classes: int,
+               lam: float | None = None) -> RidgeState:
+        xtx, xsum, xty, counts = self.statistics(z, y, num_classes)
+        grow = num_classes - self.xty.shape[1]
+        old_xty = torch.cat([self.xty, self.xty.new_zeros(self.xty.shape[0], grow)], 1)
+        old_counts = torch.cat([self.counts, self.counts.new_zeros(grow)])
+        return RidgeState(self.xtx + xtx, self.xsum + xsum, old_xty + xty, old_counts + counts,
+                          self.lam if lam is None else lam)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return z.float() @ self.weight + self.bias
+
+    def loo_logits(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Exact leave-one-out outputs of rows ``z`` that are in the statistics (hat-matrix identity).
+
+        ``ŷ₋ᵢ = (ŷᵢ - hᵢᵢ yᵢ) / (1 - hᵢᵢ)`` with ``hᵢᵢ = xcᵢᵀ(A + λI)⁻¹xcᵢ + 1/n`` (the bias is
+        unpenalised, so its column adds ``1/n``).
+        """
+        a, b, mu, ybar = self.centred()
+        xc = z.double() - mu
+        reg = a + self.lam * torch.eye(a.shape[0], dtype=a.dtype)
+        chol, info = torch.linalg.cholesky_ex(reg)
+        if int(info) == 0:
+            h, w = torch.cholesky_solve(xc.T, chol).T, torch.cholesky_solve(b, chol)
+        else:
+            h, w = torch.linalg.solve(reg, xc.T).T, torch.linalg.lstsq(reg, b).solution
+        h = (xc * h).sum(1) + 1.0 / self.n
+        fitted = xc @ w + ybar
+        target = nn.functional.one_hot(y, fitted.shape[1]).double()
+        loo = (fitted - h.unsqueeze(1) * target) / (1 - h).clamp_min(1e-12).unsqueeze(1)
+        return loo.float()
+
+    def state(self) -> dict:
+        return {"xtx": self.xtx, "xsum": self.xsum, "xty": self.xty, "counts": self.counts,
+                "lam": self.lam, "weight": self.weight, "bias": self.bias}
+
+    @classmethod
+    def from_state(cls, d: dict) -> RidgeState:
+        state = cls(d["xtx"], d["xsum"], d["xty"], d["counts"], d["lam"])
+        # Keep the saved W, b bit for bit (a re-solve may differ in the last ulp across machines).
+        state.weight.copy_(d["weight"])
+        state.bias.copy_(d["bias"])
+        return state
+
+
+STATES: dict[str, type[nn.Module]] = {"proto": ProtoState, "ls": RidgeState, "nn": NeighbourState}
+
+
+# ---------------------------------------------------------------- prediction
+@dataclass
+class Predictions:
+    """What :meth:`FewShotClassifier.predict` returns, one entry per image that could be read."""
+
+    sources: list[str]              # file paths, or "#i" for tensors
+    labels: list[str]               # predicted class, or "unknown" when rejected
+    probabilities: torch.Tensor     # [N] probability of the top class
+    indices: torch.Tensor           # [N] top class index (-1 when rejected)
+    top_k: list[list[tuple[str, float]]]
+    probs: torch.Tensor             # [N, K] full softmax
+    skipped: list[str]              # "path: cause" of files that could not be read
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def rows(self) -> list[tuple[str, str, str, str]]:
+        """CSV rows ``path, label, probability, top_k`` (top-k as ``label:p;label:p``)."""
+        return [(src, lab, f"{float(p):.4f}", ";".join(f"{n}:{q:.4f}" for n, q in tk))
+                for src, lab, p, tk in zip(self.sources, self.labels, self.probabilities, self.top_k)]
+
+
+def read_images(paths: Sequence[str | os.PathLike], preprocess: Preprocess, *, strict: bool = False,
+                progress: bool = False) -> tuple[torch.Tensor, list[str], list[str]]:
+    """Decode image files at the encoder's size and channel count.
+
+    Returns ``(images uint8 [N,C,H,W], kept paths, skipped "path: cause")``. An unreadable file is
+    skipped with a warning naming it, or, with ``strict``, raises ``DatasetError``.
+    """
+    from episodes.decode import decode_array
+    from episodes.errors import DatasetError
+
+    arrays, kept, skipped = [], [], []
+    it = paths
+    if progress:
+        from tqdm import tqdm
+        it = tqdm(paths, desc="reading", unit="img", leave=False)
+    for p in it:
+        try:
+            arrays.append(decode_array(p, channels=preprocess.channels, size=preprocess.image_size))
+        except DatasetError as exc:
+            if strict:
+                raise
+            warnings.warn(f"skipped {exc}", stacklevel=2)
+            skipped.append(str(exc))
+            continue
+        kept.append(os.fspath(p))
+    c, (h, w) = preprocess.channels, preprocess.image_size
+    if not arrays:
+        return torch.empty(0, c, h, w, dtype=torch.uint8), kept, skipped
+    import numpy as np
+    return torch.from_numpy(np.stack(arrays)), kept, skipped
+
+
+# ---------------------------------------------------------------- classifier
+class FewShotClassifier(nn.Module):
+    """Encoder + preprocessing + feature transform + a fitted head over ``class_names``.
+
+    ``forward(images)`` takes uint8 ``[B, C, H, W]`` (0..255) or float in [0, 1], any size, 1 or 3
+    channels (converted to what the encoder was trained on), and returns logits
+    ``[B, num_classes]``; ``softmax(logits / temperature)`` are calibrated probabilities
+    (the temperature is fitted on the support set by leave-one-out).
+    """
+
+    def __init__(self, encoder: nn.Module, preprocess: Preprocess, head: nn.Module,
+                 class_names: Sequence[str],
+                 *, transform: str = "none", base_mean: torch.Tensor | None = None, temperature: float = 1.0,
+                 source: dict | None = None, report: object | None = None):
+        super().__init__()
+        if head.kind not in HEAD_KINDS:
+            raise FewShotError(f"unknown head kind {head.kind!r}")
+        self.encoder = encoder.eval()
+        self.preprocess = preprocess
+        self.head = head
+        self.class_names = list(class_names)
+        self.transform = transform
+        self.register_buffer("base_mean", None if base_mean is None else base_mean.float())
+        self.temperature = float(temperature)
+        # how the encoder is stored: {"checkpoint": dict} or {"reference": {"path", "hash"}}
+        self.source = dict(source or {})
+        self.report = report
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def head_kind(self) -> str:
+        return self.head.kind
+
+    def _device(self) -> torch.device:
+        return next(self.encoder.parameters()).device
+
+    def check_images(self, images: torch.Tensor) -> torch.Tensor:
+        if images.dim() == 3:
+            images = images.unsqueeze(0)
+        if images.dim() != 4:
+            raise FewShotError(f"images must be [B, C, H, W], got shape {tuple(images.shape)}")
+        if images.shape[1] not in (1, 3):
+            raise FewShotError(f"expected images with 1 or 3 channels (the encoder takes "
+                               f"{self.preprocess.channels}), got {images.shape[1]} channels")
+        return images
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """Transformed embeddings ``[B, D]`` (what the head sees)."""
+        images = self.check_images(images).to(self._device())
+        z = self.encoder(self.preprocess(images))
+        z = z[0] if isinstance(z, (tuple, list)) else z
+        return feature_transform(z.flatten(1), self.transform, self.base_mean)
+
+    def embed(self, images: torch.Tensor, batch_size: int = 256, progress: bool = False) -> torch.Tensor:
+        """:meth:`features` in batches, without gradients, on CPU: ``float32 [N, D]``."""
+        images = self.check_images(images)
+        out = []
+        starts = range(0, images.shape[0], batch_size)
+        if progress and len(starts) > 1:
+            from tqdm import tqdm
+            starts = tqdm(starts, desc="embedding", unit="batch", leave=False)
+        with torch.inference_mode():
+            for s in starts:
+                out.append(self.features(images[s:s + batch_size]).float().cpu())
+        if not out:
+            return torch.empty(0, 0)
+        return torch.cat(out)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(images))
+
+    def predict_proba(self, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+        """Softmax of the logits at the fitted temperature, ``[N, K]``."""
+        z = self.embed(images, batch_size)
+        with torch.inference_mode():
+            return torch.softmax(self.head(z) / self.temperature, dim=1)
+
+    def predict(self, paths_or_images: Sequence[str | os.PathLike] | torch.Tensor, *, top_k: int = 3,
+                reject: float | None = None, batch_size: int = 256, strict: bool = False,
+                progress: bool = False) -> Predictions:
+        """Labels, probabilities and the top-k classes of image files or an image tensor.
+
+        ``reject``: images whose top probability is below it are labelled ``unknown``.
+        """
+        if top_k < 1:
+            raise FewShotError(f"top_k must be positive, got {top_k}")
+        if reject is not None and not 0 <= reject <= 1:
+            raise FewShotError(f"reject must be a probability in [0, 1], got {reject}")
+        skipped: list[str] = []
+        if isinstance(paths_or_images, torch.Tensor):
+            images = self.check_images(paths_or_images)
+            sources = [f"#{i}" for i in range(images.shape[0])]
+        else:
+            images, sources, skipped = read_images(list(paths_or_images), self.preprocess, strict=strict,
+                                                   progress=progress)
+        probs = self.predict_proba(images, batch_size) if len(sources) else torch.empty(0, self.num_classes)
+        k = min(top_k, self.num_classes)
+        top_p, top_i = probs.topk(k, dim=1)
+        best_p, best_i = top_p[:, 0], top_i[:, 0].clone()
+        if reject is not None:
+            best_i[best_p < reject] = -1
+        labels = [self.class_names[i] if i >= 0 else "unknown" for i in best_i.tolist()]
+        tk = [[(self.class_names[i], p) for i, p in zip(ri, rp)]
+              for ri, rp in zip(top_i.tolist(), top_p.tolist())]
+        return Predictions(sources, labels, best_p, best_i, tk, probs, skipped)
+
+    # ------------------------------------------------------------- saving
+    def payload(self) -> dict:
+        return {
+            "encoder": self.source,
+            "preprocess": self.preprocess.to_dict(),
+            "transform": self.transform,
+            "base_mean": self.base_mean,
+            "head": {"kind": self.head.kind, **self.head.state()},
+            "class_names": list(self.class_names),
+            "temperature": self.temperature,
+        }
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the classifier as one file, atomically (temporary file, fsync, rename)."""
+        if not self.source:
+            raise FewShotError("this classifier was built from an in-memory encoder; adapt from a checkpoint "
+                               "file (or pass checkpoint=...) to save it")
+        payload = self.payload()
+        doc = {"format": FORMAT, "version": VERSION, "sha256": payload_digest(payload), "payload": payload}
+        path = Path(path)
+        if path.is_dir():
+            raise FewShotError("is a directory; give a file name for the model", path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            with open(tmp, "wb") as f:
+                torch.save(doc, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        return path
+
+    def extra_repr(self) -> str:
+        return (f"head={self.head.kind}, classes={self.num_classes}, transform={self.transform}, "
+                f"temperature={self.temperature:.4g}")
+
+
+# ------------------------------------------------------------------ hashing
+def _digest(obj: object, h: hashlib._Hash) -> None:
+    """Feed a canonical encoding of ``obj`` (tensors, dicts, lists, str, numbers, None) into ``h``."""
+    if isinstance(obj, torch.Tensor):
+        t = obj.detach().cpu().contiguous()
+        h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    elif isinstance(obj, dict):
+        h.update(f"D{len(obj)}".encode())
+        for key in sorted(obj, key=str):
+            _digest(str(key), h)
+            _digest(obj[key], h)
+    elif isinstance(obj, (list, tuple)):
+        h.update(f"L{len(obj)}".encode())
+        for item in obj:
+            _digest(item, h)
+    elif isinstance(obj, str):
+        b = obj.encode()
+        h.update(f"S{len(b)}:".encode() + b)
+    elif obj is None or isinstance(obj, (bool, int, float)):
+        h.update(f"V{obj!r};".encode())
+    else:
+        raise FewShotError(f"cannot store a {type(obj).__name__} in a classifier file")
+
+
+def payload_digest(payload: dict) -> str:
+    """SHA-256 of the canonical encoding of a classifier payload."""
+    h = hashlib.sha256()
+    _digest(payload, h)
+    return h.hexdigest()
+
+
+# ------------------------------------------------------------------ loading
+def _encoder_from_source(source: dict, path: Path, device: str) -> tuple[nn.Module, dict]:
+    from .checkpoint import load_encoder
+    if "checkpoint" in source:
+        model, info = load_encoder(source["checkpoint"], device=device)
+        return model, info
+    ref = source.get("reference")
+    if not isinstance(ref, dict) or "path" not in ref:
+        raise FewShotError("the model file holds neither encoder weights nor a checkpoint reference", path)
+    ckpt = Path(ref["path"])
+    if not ckpt.is_absolute():
+        ckpt = (path.parent / ckpt).resolve()
+    if not ckpt.exists():
+        raise FewShotError(f"the referenced checkpoint {ckpt} does not exist", path)
+    model, info = load_encoder(ckpt, device=device)
+    if info.get("hash") != ref.get("hash"):
+        raise FewShotError(f"the referenced checkpoint {ckpt} changed since the classifier was made "
+                           f"(hash {info.get('hash')}, expected {ref.get('hash')})", path)
+    return model, info
+
+
+def load_classifier(path: str | os.PathLike, *, device: str = "cpu") -> FewShotClassifier:
+    """Load a classifier saved by :meth:`FewShotClassifier.save` (``weights_only``; no code runs).
+
+    Raises ``FewShotError`` naming the file when it is missing, not a classifier, of another format
+    version, or tampered with (its content no longer matches the stored hash).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FewShotError("no such model file", path)
+    if path.is_dir():
+        raise FewShotError("is a directory, not a model file", path)
+    try:
+        doc = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any failure here means: not a readable model file
+        raise FewShotError(f"not a readable fewshot classifier file ({type(exc).__name__})", path) from None
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        raise FewShotError(f"not a fewshot classifier file (expected format {FORMAT!r})", path)
+    if doc.get("version") != VERSION:
+        raise FewShotError(f"classifier file format version {doc.get('version')!r} is not supported "
+                           f"(this fewshot reads version {VERSION}); re-run fewshot adapt", path)
+    payload = doc.get("payload")
+    try:
+        ok = isinstance(payload, dict) and payload_digest(payload) == doc.get("sha256")
+    except FewShotError:
+        ok = False
+    if not ok:
+        raise FewShotError("model file is damaged or was modified (content hash mismatch)", path)
+    try:
+        head_doc = dict(payload["head"])
+        kind = head_doc.pop("kind")
+        if kind not in STATES:
+            raise FewShotError(f"unknown head kind {kind!r} in model file", path)
+        head = STATES[kind].from_state(head_doc)
+        preprocess = Preprocess.from_dict(payload["preprocess"])
+        encoder, _ = _encoder_from_source(payload["encoder"], path, device)
+        clf = FewShotClassifier(encoder, preprocess, head, payload["class_names"],
+                                transform=payload["transform"],
+                                base_mean=payload["base_mean"], temperature=payload["temperature"],
+                                source=payload["encoder"])
+    except FewShotError as exc:
+        if exc.path is None:
+            raise FewShotError(exc.cause, path) from None
+        raise
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise FewShotError(f"model file is incomplete ({type(exc).__name__}: {exc})", path) from None
+    return clf.to(device)

@@ -1,0 +1,148 @@
+"""``fewshot predict``: classify images with a saved few-shot classifier; CSV out, accuracy if labelled."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import os
+import sys
+import warnings
+from pathlib import Path
+
+from ..errors import FewShotError
+
+HELP = "classify images or folders with a model from `fewshot adapt` (CSV: path,label,probability,top_k)"
+
+COLUMNS = ("path", "label", "probability", "top_k")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="classifier file written by `fewshot adapt`")
+    parser.add_argument("paths", nargs="*", metavar="PATH",
+                        help="image files or folders ('-' reads paths from stdin); a folder with class "
+                             "subfolders is scored against them")
+    parser.add_argument("--out", help="write the predictions as CSV here")
+    parser.add_argument("--top-k", type=int, default=3)
+    parser.add_argument("--reject", type=float, default=None, metavar="P",
+                        help="label images whose top probability is below P 'unknown'")
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--strict", action="store_true", help="unreadable or non-image files are errors")
+    parser.add_argument("--confusion", metavar="PNG",
+                        help="confusion-matrix image for labelled folders (default: beside --out, "
+                             "else ./confusion_matrix.png)")
+    parser.add_argument("--device", default="cpu")
+
+
+def collect(paths: list[str], strict: bool = False) -> tuple[list[str], list[str | None]]:
+    """Image paths and their true class (the class subfolder under a given folder, else None)."""
+    from episodes.decode import is_image_file
+    from episodes.errors import DatasetError
+
+    files: list[str] = []
+    truth: list[str | None] = []
+    for p in paths:
+        path = Path(p)
+        if path.is_dir():
+            for f in sorted(x for x in path.rglob("*") if x.is_file() and not x.name.startswith(".")):
+                if not is_image_file(f):
+                    if strict:
+                        raise DatasetError("not an image file", f)
+                    warnings.warn(f"skipped {f}: not an image file", stacklevel=2)
+                    continue
+                rel = f.relative_to(path).parts
+                files.append(os.fspath(f))
+                truth.append(rel[0] if len(rel) > 1 else None)
+        else:
+            files.append(os.fspath(path))
+            truth.append(None)
+    return files, truth
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "w", newline="") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def confusion_png(path: Path, y_true: list[str], y_pred: list[str], labels: list[str]) -> None:
+    """Write a scikit-learn confusion-matrix plot (rows: true class, columns: predicted)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import ConfusionMatrixDisplay
+
+    side = min(40.0, max(5.0, 0.3 * len(labels) + 3))
+    fig, ax = plt.subplots(figsize=(side, side))
+    ConfusionMatrixDisplay.from_predictions(y_true, y_pred, labels=labels, ax=ax, colorbar=False,
+                                            include_values=len(labels) <= 30, xticks_rotation="vertical")
+    ax.set_title(f"{sum(t == p for t, p in zip(y_true, y_pred))}/{len(y_true)} correct")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")
+    try:
+        fig.savefig(tmp, dpi=100)
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        tmp.unlink(missing_ok=True)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..classifier import load_classifier
+
+    if args.top_k < 1:
+        raise FewShotError(f"--top-k must be positive, got {args.top_k}")
+    if args.reject is not None and not 0 <= args.reject <= 1:
+        raise FewShotError(f"--reject must be a probability in [0, 1], got {args.reject}")
+    if args.batch_size < 1:
+        raise FewShotError(f"--batch-size must be positive, got {args.batch_size}")
+    raw = []
+    for p in args.paths:
+        raw += [line.strip() for line in sys.stdin if line.strip()] if p == "-" else [p]
+    if not raw:
+        raise FewShotError("no images given (PATH... or '-' to read paths from stdin)")
+    clf = load_classifier(args.model, device=args.device)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        files, truth = collect(raw, strict=args.strict)
+        pred = clf.predict(files, top_k=args.top_k, reject=args.reject, batch_size=args.batch_size,
+                           strict=args.strict, progress=True)
+    for w in caught:
+        print(f"fewshot predict: warning: {w.message}", file=sys.stderr)
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(COLUMNS)
+    writer.writerows(pred.rows())
+    sys.stdout.write(buf.getvalue())
+    if args.out:
+        _write_atomic(Path(args.out), buf.getvalue())
+        print(f"wrote {args.out} ({len(pred)} rows)", file=sys.stderr)
+    if pred.skipped:
+        print(f"fewshot predict: {len(pred.skipped)} file(s) skipped", file=sys.stderr)
+    truth_of = dict(zip(files, truth))
+    pairs = [(truth_of[s], lab) for s, lab in zip(pred.sources, pred.labels) if truth_of.get(s) is not None]
+    if pairs:
+        y_true, y_pred = [t for t, _ in pairs], [p for _, p in pairs]
+        correct = sum(t == p for t, p in pairs)
+        unknown_classes = sorted(set(y_true) - set(clf.class_names))
+        rejected = sum(p == "unknown" for p in y_pred)
+        print(f"accuracy: {correct / len(pairs):.4f} ({correct}/{len(pairs)} labelled images"
+              + (f", {rejected} rejected" if args.reject is not None else "") + ")")
+        if unknown_classes:
+            print(f"note: {len(unknown_classes)} folder class(es) unknown to the model, "
+                  f"e.g. {unknown_classes[0]!r}")
+        labels = list(clf.class_names) + unknown_classes + (["unknown"] if "unknown" in y_pred else [])
+        png = Path(args.confusion) if args.confusion else (
+            Path(args.out).with_suffix(".confusion.png") if args.out else Path("confusion_matrix.png"))
+        confusion_png(png, y_true, y_pred, labels)
+        print(f"wrote {png}")
+    return 0

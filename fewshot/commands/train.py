@@ -1,0 +1,158 @@
+"""``fewshot train``: metric-train an encoder on base classes, validate episodically, write a run folder."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import warnings
+
+from ..errors import FewShotError
+from ..losses import parse_loss_args
+
+HELP = "train an encoder with a metric loss (+ cross-entropy) on base classes"
+
+
+def _kv(text: str) -> str:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"expected key=value, got {text!r}")
+    return text
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    d = p.add_argument_group("data")
+    d.add_argument("--data", required=True, help="data spec of the base classes, e.g. glyphs, "
+                   "omniglot:PATH.zip, miniimagenet:ROOT, folder:PATH")
+    d.add_argument("--split", default=None,
+                   help="split of --data to train on (default: base when it has one)")
+    d.add_argument("--val", default=None, help="data spec of the validation classes (default: the recipe's, "
+                   "else a seeded share of the base classes held out)")
+    d.add_argument("--val-split", default=None, help="split of --val (default: val)")
+    d.add_argument("--out", required=True, help="run folder (config.json, metrics.jsonl, last.pt, best.pt)")
+    d.add_argument("--recipe", default=None,
+                   help="shipped recipe (omniglot, miniimagenet, glyphs) or a .toml file")
+    m = p.add_argument_group("model")
+    m.add_argument("--encoder", default=None, help="conv4, resnet12, resnet18, resnet50")
+    m.add_argument("--encoder-arg", action="append", type=_kv, default=None, metavar="K=V",
+                   help="encoder option, e.g. width=128, pool=avg, drop_rate=0.1, weights=FILE")
+    m.add_argument("--embedding-dim", type=int, default=None, help="project features to this size")
+    m.add_argument("--image-size", type=int, default=None, help="train at this square size")
+    m.add_argument("--channels", type=int, choices=(1, 3), default=None)
+    m.add_argument("--download", action="store_true", default=None,
+                   help="download ImageNet weights for torchvision ResNets")
+    o = p.add_argument_group("objective")
+    o.add_argument("--loss", default=None, help="circle (default), contrastive, triplet, multisimilarity, "
+                   "ntxent, supcon, arcface, proxyanchor")
+    o.add_argument("--loss-arg", action="append", type=_kv, default=None, metavar="K=V",
+                   help="loss keyword argument, e.g. m=0.25 (repeatable)")
+    o.add_argument("--miner", default=None,
+                   help="multisimilarity (default), triplet-semihard, triplet-hard, batch-hard, none")
+    o.add_argument("--distance", choices=("cosine", "euclidean"), default=None)
+    o.add_argument("--w-metric", type=float, default=None, help="weight of the metric loss (default 0.1)")
+    o.add_argument("--w-ce", type=float, default=None, help="weight of cross-entropy (default 1.0)")
+    o.add_argument("--label-smoothing", type=float, default=None)
+    s = p.add_argument_group("batches and augmentation")
+    s.add_argument("--sampler", choices=("mperclass", "random"), default=None)
+    s.add_argument("--m", type=int, default=None, help="images per class in a batch (default 4)")
+    s.add_argument("--batch-size", type=int, default=None, help="global batch size (default 64)")
+    s.add_argument("--rotate-classes", action=argparse.BooleanOptionalAction, default=None,
+                   help="add 90/180/270-degree rotations as new classes")
+    s.add_argument("--augment-arg", action="append", type=_kv, default=None, metavar="K=V",
+                   help="augmentation option, e.g. mode=crop, degrees=15, flip=true, elastic=0.03")
+    t = p.add_argument_group("optimisation")
+    t.add_argument("--optimizer", choices=("sgd", "adamw"), default=None)
+    t.add_argument("--lr", type=float, default=None)
+    t.add_argument("--weight-decay", type=float, default=None)
+    t.add_argument("--epochs", type=int, default=None)
+    t.add_argument("--warmup-epochs", type=float, default=None)
+    t.add_argument("--seed", type=int, default=None)
+    t.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:N")
+    t.add_argument("--compile", action="store_true", default=None, help="torch.compile the encoder")
+    t.add_argument("--resume", nargs="?", const="auto", default=None, metavar="CHECKPOINT",
+                   help="continue from OUT/last.pt (or the given checkpoint)")
+    t.add_argument("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads)")
+    v = p.add_argument_group("validation")
+    v.add_argument("--val-every", type=int, default=None, help="validate every k epochs (default 1)")
+    v.add_argument("--val-episodes", type=int, default=None)
+    v.add_argument("--val-way", type=int, default=None)
+    v.add_argument("--val-shots", type=int, nargs="+", default=None)
+    v.add_argument("--val-within-group", action=argparse.BooleanOptionalAction, default=None)
+    v.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _data_dir(spec: str) -> str:
+    """Folder of the first path in a data spec (``kind:PATH[+PATH]?query``), for recipe placeholders."""
+    body = spec.split(":", 1)[1] if ":" in spec else spec
+    first = body.split("?", 1)[0].split("+", 1)[0]
+    return os.path.dirname(os.path.abspath(first)) if first else os.getcwd()
+
+
+def build_config(args: argparse.Namespace):
+    from ..train import TrainConfig
+    overrides = {
+        "data": args.data, "split": args.split, "val": args.val, "out": args.out,
+        "encoder": args.encoder, "embedding_dim": args.embedding_dim, "image_size": args.image_size,
+        "channels": args.channels, "download": args.download, "loss": args.loss, "miner": args.miner,
+        "distance": args.distance, "w_metric": args.w_metric, "w_ce": args.w_ce,
+        "label_smoothing": args.label_smoothing, "sampler": args.sampler, "m": args.m,
+        "batch_size": args.batch_size, "rotate_classes": args.rotate_classes, "optimizer": args.optimizer,
+        "lr": args.lr, "weight_decay": args.weight_decay, "epochs": args.epochs,
+        "warmup_epochs": args.warmup_epochs, "seed": args.seed, "device": args.device,
+        "compile": args.compile, "resume": args.resume, "val_every": args.val_every,
+        "val_episodes": args.val_episodes, "val_way": args.val_way, "val_shots": args.val_shots,
+        "val_within_group": args.val_within_group,
+        "loss_args": parse_loss_args(args.loss_arg) if args.loss_arg else None,
+        "encoder_args": parse_loss_args(args.encoder_arg) if args.encoder_arg else None,
+        "augment": parse_loss_args(args.augment_arg) if args.augment_arg else None,
+    }
+    return TrainConfig.resolve(args.recipe, **overrides)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    import episodes
+
+    from ..train import _check_early, train
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cfg = build_config(args)
+    _check_early(cfg)
+    if not hasattr(episodes, "load_data"):
+        raise FewShotError("episodes.load_data is not available in this installation")
+    load = episodes.load_data
+    split = cfg.split
+    data = load(cfg.data, split, image_size=cfg.image_size, channels=cfg.channels)
+    val = None
+    if cfg.val:
+        spec = cfg.val.replace("{data_dir}", _data_dir(cfg.data))
+        explicit = args.val is not None
+        try:
+            val = load(spec, args.val_split if explicit else None, image_size=data.image_size,
+                       channels=data.channels)
+        except episodes.DatasetError as exc:
+            if explicit:
+                raise
+            warnings.warn(f"recipe validation data unavailable ({exc}); holding out base classes instead",
+                          stacklevel=1)
+            cfg.val_within_group = False if data.groups is None else cfg.val_within_group
+            val = None
+        else:
+            cfg.val = spec
+    print(f"fewshot train: {data.describe()}", file=sys.stderr)
+    if val is not None:
+        print(f"fewshot train: validation {val.describe()}", file=sys.stderr)
+    result = train(cfg, data, val, cfg.out, progress=not args.quiet)
+    last = result.metrics[-1] if result.metrics else {}
+    print(f"run: {result.out_dir}")
+    if result.held_out_classes is not None:
+        print(f"validation: {len(result.held_out_classes)} held-out base classes (seed {cfg.seed}): "
+              + ", ".join(result.held_out_classes))
+    shots = "/".join(str(s) for s in cfg.val_shots)
+    acc = "n/a" if result.val_accuracy is None else f"{100 * result.val_accuracy:.2f}%"
+    print(f"best validation accuracy ({cfg.val_way}-way {cfg.val_shots[0]}-shot"
+          f"{', within group' if cfg.val_within_group else ''}): {acc}  [shots scored: {shots}]")
+    if last:
+        print(f"last epoch {last['epoch']}: loss {last['loss']:.4f}, {last['img_per_s']:.0f} img/s")
+    print(f"checkpoints: {result.best_path} {result.last_path}")
+    return 0

@@ -1,0 +1,230 @@
+"""The main job: train an encoder on base classes, then compare heads on novel classes, in one call.
+
+:func:`compare` is ``fewshot train`` followed by ``fewshot eval`` with one configuration and one
+report folder: it loads the data through DATA's :func:`episodes.load_data`, trains with TRAIN's
+:func:`fewshot.train.train` under a recipe (the built-in glyph set and its ``glyphs`` recipe by
+default, so it runs anywhere without a download), draws the evaluation episodes once and saves
+them as manifests, scores every head on them with EVAL's :func:`fewshot.evaluate.evaluate`, and
+writes EVAL's report (:func:`fewshot.report.write_report`) next to the checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+from .errors import FewShotError
+
+__all__ = ["DEFAULT_HEADS", "CompareConfig", "CompareResult", "compare", "default_out_dir"]
+
+DEFAULT_HEADS = ("proto", "nn", "ls", "ls-mlp")
+SPLIT_KINDS = ("glyphs", "miniimagenet")   # data kinds with base / val / novel splits
+
+
+@dataclass
+class CompareConfig:
+    """Everything :func:`compare` needs; every field is a ``fewshot compare`` flag.
+
+    Attributes:
+        data, split: the base classes to train on (default: the glyph set's ``base`` split).
+        novel, novel_split: the novel classes to evaluate on (default: the same source's ``novel``
+            split when it has one).
+        val, val_split: validation classes for checkpoint selection (default: the recipe's, else a
+            seeded share of the base classes, as ``fewshot train`` does).
+        recipe: TRAIN's recipe (default: the one named after the data kind, e.g. ``glyphs``).
+        train: further TRAIN settings (``TrainConfig`` fields) that override the recipe.
+        heads, way, shots, query, episodes, episode_seed: the evaluation protocol.
+        transform, distance, within_group: as in ``fewshot eval``.
+        out: the run folder (default ``runs/compare-<timestamp>``).
+    """
+
+    data: str = "glyphs"
+    split: str | None = None
+    novel: str | None = None
+    novel_split: str | None = None
+    val: str | None = None
+    val_split: str | None = None
+    recipe: str | None = None
+    train: dict = field(default_factory=dict)
+    heads: tuple[str, ...] = DEFAULT_HEADS
+    way: int = 5
+    shots: tuple[int, ...] = (1, 5)
+    query: int = 15
+    episodes: int = 2000
+    episode_seed: int = 0
+    transform: str | None = None
+    distance: str | None = None
+    within_group: bool = False
+    tsne: bool = False
+    out: str | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("way", "query", "episodes"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise FewShotError(f"{name} must be a positive integer, got {value!r}")
+        self.shots = tuple(sorted({int(s) for s in self.shots}))
+        if not self.shots or self.shots[0] < 1:
+            raise FewShotError(f"shots must be positive integers, got {self.shots}")
+        self.heads = tuple(self.heads)
+        if not self.heads:
+            raise FewShotError("no heads to compare")
+
+    @property
+    def kind(self) -> str:
+        return self.data.split(":", 1)[0].split("?", 1)[0].lower()
+
+    def resolved(self) -> CompareConfig:
+        """Defaults filled in: splits, novel source and recipe."""
+        from .train import RECIPES
+
+        c = CompareConfig(**asdict(self))
+        if c.split is None and c.kind in SPLIT_KINDS:
+            c.split = "base"
+        if c.novel is None:
+            c.novel = c.data
+            if c.novel_split is None and c.kind in SPLIT_KINDS:
+                c.novel_split = "novel"
+        if c.novel == c.data and c.novel_split == c.split:
+            raise FewShotError(f"the novel classes would be the training classes ({c.data} {c.split or ''}); "
+                               "give --novel or --novel-split")
+        if c.recipe is None and c.kind in RECIPES:
+            c.recipe = c.kind
+        return c
+
+
+@dataclass
+class CompareResult:
+    """What :func:`compare` produced: the folder, the checkpoint, TRAIN's and EVAL's results, timings."""
+
+    out_dir: Path
+    checkpoint: Path
+    train: object
+    eval: object
+    files: dict
+    seconds: dict
+
+    def table(self) -> str:
+        return self.eval.table()
+
+
+def default_out_dir(prefix: str = "compare") -> Path:
+    """``runs/<prefix>-YYYYmmdd-HHMMSS`` (a suffix is added if it exists)."""
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    path = Path("runs") / f"{prefix}-{stamp}"
+    n = 1
+    while path.exists():
+        n += 1
+        path = Path("runs") / f"{prefix}-{stamp}-{n}"
+    return path
+
+
+def _data_dir(spec: str) -> str:
+    """Folder of the first path of a data spec, for the ``{data_dir}`` placeholder of recipes."""
+    body = spec.split(":", 1)[1] if ":" in spec else spec
+    first = body.split("?", 1)[0].split("+", 1)[0]
+    return os.path.dirname(os.path.abspath(first)) if first else os.getcwd()
+
+
+def _say(msg: str, progress: bool) -> None:
+    if progress:
+        print(f"fewshot compare: {msg}", file=sys.stderr, flush=True)
+
+
+def compare(config: CompareConfig | None = None, *, progress: bool = True) -> CompareResult:
+    """Train on the base classes, score every head on fixed novel-class episodes, write one report."""
+    import episodes
+    from episodes import EpisodeSpec, sample_episodes, save_manifest
+
+    from .evaluate import build_heads, evaluate
+    from .report import write_report
+    from .train import TrainConfig, _check_early, train
+
+    t_start = time.perf_counter()
+    cfg = (config or CompareConfig()).resolved()
+    build_heads(list(cfg.heads), cfg.distance)  # a bad head name fails now, not after training
+    out = Path(cfg.out) if cfg.out else default_out_dir()
+    out.mkdir(parents=True, exist_ok=True)
+
+    train_cfg = TrainConfig.resolve(cfg.recipe, **{**cfg.train, "data": cfg.data, "split": cfg.split,
+                                                   "out": os.fspath(out)})
+    _check_early(train_cfg)  # names and sizes fail before any data is loaded
+    # ---------------------------------------------------------------- data
+    t0 = time.perf_counter()
+    base = episodes.load_data(cfg.data, cfg.split, image_size=train_cfg.image_size,
+                              channels=train_cfg.channels)
+    _say(f"base classes {base.describe()}", progress)
+    val = None
+    val_spec = cfg.val or train_cfg.val
+    if not val_spec and cfg.kind in SPLIT_KINDS and cfg.split == "base":
+        val_spec = cfg.data  # the source's own val split
+    if val_spec:
+        val_spec = val_spec.replace("{data_dir}", _data_dir(cfg.data))
+        try:
+            val = episodes.load_data(val_spec, cfg.val_split if cfg.val else _default_val_split(val_spec),
+                                     image_size=base.image_size, channels=base.channels)
+        except episodes.DatasetError as exc:
+            if cfg.val:
+                raise
+            warnings.warn(f"recipe validation data unavailable ({exc}); holding out base classes instead",
+                          stacklevel=2)
+            train_cfg.val_within_group = False
+        else:
+            train_cfg.val = val_spec
+            _say(f"validation {val.describe()}", progress)
+    novel = episodes.load_data(cfg.novel, cfg.novel_split)
+    _say(f"novel classes {novel.describe()}", progress)
+    t_data = time.perf_counter() - t0
+
+    # --------------------------------------------------------------- train
+    t0 = time.perf_counter()
+    trained = train(train_cfg, base, val, out, progress=progress)
+    t_train = time.perf_counter() - t0
+    acc = "n/a" if trained.val_accuracy is None else f"{100 * trained.val_accuracy:.2f}%"
+    _say(f"trained {train_cfg.encoder} for {train_cfg.epochs} epochs in {t_train:.1f} s "
+         f"(best validation accuracy {acc}); checkpoint {trained.best_path}", progress)
+
+    # ---------------------------------------------------------------- eval
+    t0 = time.perf_counter()
+    ep_spec = EpisodeSpec(cfg.way, max(cfg.shots), cfg.query)
+    drawn = sample_episodes(novel, ep_spec, cfg.episodes, seed=cfg.episode_seed,
+                            within_group=cfg.within_group)
+    manifests = []
+    for k in cfg.shots:   # nested: same classes and queries at every shot, first k support images
+        eps = episodes.Episodes(drawn.support[:, :, :k].contiguous(), drawn.query, drawn.classes,
+                                EpisodeSpec(cfg.way, k, cfg.query), drawn.seed, drawn.within_group)
+        manifests.append(save_manifest(out / f"episodes-{k}shot.json", eps, novel))
+    result = evaluate(trained.best_path, novel, heads=list(cfg.heads), way=cfg.way, shots=cfg.shots,
+                      query=cfg.query, episodes=cfg.episodes, seed=cfg.episode_seed, transform=cfg.transform,
+                      distance=cfg.distance, within_group=cfg.within_group, episodes_file=manifests,
+                      tsne=cfg.tsne, progress=progress)
+    files = write_report(result, out)
+    t_eval = time.perf_counter() - t0
+    seconds = {"data": round(t_data, 2), "train": round(t_train, 2), "eval": round(t_eval, 2),
+               "total": round(time.perf_counter() - t_start, 2)}
+    files = {**files, "checkpoint": Path(trained.best_path), "last": Path(trained.last_path),
+             **{f"episodes-{k}shot": Path(m) for k, m in zip(cfg.shots, manifests)}}
+    doc = {"format": "fewshot-compare/1", "compare": _jsonable(asdict(cfg)), "train": train_cfg.to_dict(),
+           "val_accuracy": trained.val_accuracy, "held_out_classes": trained.held_out_classes,
+           "seconds": seconds, "files": {k: os.fspath(v) for k, v in files.items()}}
+    path = out / "compare.json"
+    tmp = path.with_name(".compare.json.tmp")
+    tmp.write_text(json.dumps(doc, indent=2, default=str))
+    os.replace(tmp, path)
+    files["compare.json"] = path
+    return CompareResult(out, Path(trained.best_path), trained, result, files, seconds)
+
+
+def _default_val_split(spec: str) -> str | None:
+    kind = spec.split(":", 1)[0].split("?", 1)[0].lower()
+    return "val" if kind in SPLIT_KINDS else None
+
+
+def _jsonable(d: dict) -> dict:
+    return json.loads(json.dumps(d, default=str))

@@ -1,0 +1,235 @@
+"""Encoders by name: ``conv4``, ``resnet12``, ``resnet18``, ``resnet50`` (or any torch module).
+
+Every encoder is wrapped in :class:`Encoder`, whose ``forward(x)`` returns
+``(embedding [B, D], logits [B, num_classes])``: the embedding feeds the metric loss and the
+few-shot heads, the logits a linear classifier over the base classes (the joint cross-entropy).
+An optional linear projection shrinks a wide backbone feature (2048-d for ResNet-50) to
+``embedding_dim``, which keeps episode scoring and the metric loss cheap.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from .errors import FewShotError
+
+__all__ = ["ENCODERS", "Encoder", "Conv4", "ResNet12", "build_encoder", "encoder_spec"]
+
+
+# ---------------------------------------------------------------- backbones
+def _conv_block(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout),
+                         nn.ReLU(inplace=True), nn.MaxPool2d(2))
+
+
+class Conv4(nn.Sequential):
+    """ProtoNet's Conv-4: 4 x [3x3 conv ``width``, BN, ReLU, 2x2 max-pool], then flatten or pool.
+
+    ``last_pool=False`` drops the last max-pool (a 3x3 map, 576-d at 28x28 instead of 64-d).
+
+    ``pool="flatten"`` (ProtoNet: 64-d at 28x28, 1600-d at 84x84) or ``"avg"`` (global average,
+    ``width``-d at any size).
+    """
+
+    def __init__(self, in_channels: int = 3, width: int = 64, pool: str = "flatten", image_size: int = 84,
+                 last_pool: bool = True):
+        if pool not in ("flatten", "avg"):
+            raise FewShotError(f"conv4 pool must be 'flatten' or 'avg', got {pool!r}")
+        layers = [_conv_block(in_channels, width)] + [_conv_block(width, width) for _ in range(3)]
+        if not last_pool:  # keep the last block's spatial map (3x3 at 28x28): finer stroke layout
+            layers[-1] = nn.Sequential(*list(layers[-1])[:-1])
+        layers.append(nn.AdaptiveAvgPool2d(1) if pool == "avg" else nn.Identity())
+        layers.append(nn.Flatten())
+        super().__init__(*layers)
+        side = int(image_size)
+        for _ in range(4 if last_pool else 3):
+            side //= 2
+        self.out_dim = width if pool == "avg" else width * max(side, 1) ** 2
+
+
+class _ResBlock12(nn.Module):
+    """Three 3x3 conv-BN-LeakyReLU(0.1), a 1x1 shortcut, 2x2 max-pool, optional DropBlock."""
+
+    def __init__(self, cin: int, cout: int, drop_rate: float, block_size: int):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.LeakyReLU(0.1),
+            nn.Conv2d(cout, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.LeakyReLU(0.1),
+            nn.Conv2d(cout, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout))
+        self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout))
+        self.act = nn.LeakyReLU(0.1)
+        self.pool = nn.MaxPool2d(2)
+        self.drop_rate, self.block_size = float(drop_rate), int(block_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.pool(self.act(self.body(x) + self.shortcut(x)))
+        if self.drop_rate > 0 and self.training:
+            from torchvision.ops import drop_block2d
+            size = min(self.block_size, out.shape[-2], out.shape[-1])  # small inputs: smaller blocks
+            size = max(1, size - (size + 1) % 2)  # DropBlock wants an odd block size
+            out = drop_block2d(out, self.drop_rate, size, training=True)
+        return out
+
+
+class ResNet12(nn.Module):
+    """The few-shot ResNet-12 of MetaOptNet / RFS (channels 64-160-320-640, global average pool).
+
+    ``drop_rate`` > 0 enables DropBlock (torchvision's ``DropBlock2d``) in the last two stages, with
+    ``block_size`` 5 as in MetaOptNet; earlier stages use plain blocks.
+    """
+
+    def __init__(self, in_channels: int = 3, channels: tuple[int, ...] = (64, 160, 320, 640),
+                 drop_rate: float = 0.0, block_size: int = 5):
+        super().__init__()
+        stages, cin = [], in_channels
+        for i, cout in enumerate(channels):
+            use_drop = drop_rate if i >= len(channels) - 2 else 0.0
+            stages.append(_ResBlock12(cin, cout, use_drop, block_size if i == len(channels) - 1 else 1))
+            cin = cout
+        self.stages = nn.Sequential(*stages)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.out_dim = cin
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="leaky_relu")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool(self.stages(x)).flatten(1)
+
+
+class _TorchvisionResNet(nn.Module):
+    """A torchvision ResNet with its ``fc`` removed; 1-channel input is repeated to 3 channels."""
+
+    def __init__(self, arch: str, in_channels: int = 3, weights: str | os.PathLike | None = None,
+                 download: bool = False):
+        super().__init__()
+        import torchvision
+        builder = getattr(torchvision.models, arch)
+        if download and weights is None:
+            net = builder(weights="DEFAULT")
+        else:
+            net = builder(weights=None)
+            if weights is not None:
+                path = os.fspath(weights)
+                if not os.path.isfile(path):
+                    raise FewShotError("no such weights file", path)
+                try:
+                    state = torch.load(path, map_location="cpu", weights_only=True)
+                except Exception as exc:  # noqa: BLE001 - any unreadable file is the user's input
+                    raise FewShotError(f"cannot read weights ({type(exc).__name__}: {exc})", path) from None
+                state = state.get("state_dict", state) if isinstance(state, dict) else state
+                state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+                missing, _ = net.load_state_dict(state, strict=False)
+                missing = [k for k in missing if not k.startswith("fc.")]
+                if missing:
+                    raise FewShotError(f"weights lack {len(missing)} {arch} tensors, e.g. {missing[0]}", path)
+        self.out_dim = net.fc.in_features
+        net.fc = nn.Identity()
+        self.net = net
+        self.in_channels = in_channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+        return self.net(x)
+
+
+ENCODERS: dict[str, Callable[..., nn.Module]] = {
+    "conv4": Conv4,
+    "resnet12": ResNet12,
+    "resnet18": lambda in_channels=3, **kw: _TorchvisionResNet("resnet18", in_channels, **kw),
+    "resnet50": lambda in_channels=3, **kw: _TorchvisionResNet("resnet50", in_channels, **kw),
+}
+
+
+# ------------------------------------------------------------------ wrapper
+class Encoder(nn.Module):
+    """Backbone + optional projection + base-class linear classifier.
+
+    ``forward(x) -> (embedding, logits)``. ``spec`` holds what :func:`build_encoder` needs to
+    rebuild the same architecture from a checkpoint (name and keyword arguments).
+    """
+
+    def __init__(self, backbone: nn.Module, feature_dim: int, num_classes: int,
+                 embedding_dim: int | None = None, spec: dict | None = None):
+        super().__init__()
+        self.backbone = backbone
+        self.feature_dim = int(feature_dim)
+        if embedding_dim is not None and embedding_dim != feature_dim:
+            self.projection: nn.Module = nn.Linear(feature_dim, embedding_dim)
+            self.embedding_dim = int(embedding_dim)
+        else:
+            self.projection = nn.Identity()
+            self.embedding_dim = self.feature_dim
+        self.num_classes = int(num_classes)
+        self.classifier = nn.Linear(self.embedding_dim, self.num_classes)
+        self.spec = dict(spec or {})
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        feats = self.backbone(x)
+        if isinstance(feats, (tuple, list)):
+            feats = feats[0]
+        emb = self.projection(feats.flatten(1))
+        return emb, self.classifier(emb)
+
+
+def _feature_dim(module: nn.Module, in_channels: int, image_size: int) -> int:
+    for attr in ("out_dim", "embedding_dim", "out_features", "num_features"):
+        value = getattr(module, attr, None)
+        if isinstance(value, int):
+            return value
+    was_training = module.training
+    module.eval()
+    with torch.no_grad():
+        out = module(torch.zeros(2, in_channels, image_size, image_size))
+    module.train(was_training)
+    out = out[0] if isinstance(out, (tuple, list)) else out
+    return int(out.flatten(1).shape[1])
+
+
+def build_encoder(name_or_module: str | nn.Module, *, in_channels: int, num_classes: int,
+                  embedding_dim: int | None = None, **kw) -> Encoder:
+    """An :class:`Encoder` by registry name (see ``ENCODERS``) or around any backbone module.
+
+    Keyword arguments go to the backbone (``width``, ``pool``, ``image_size`` for conv4;
+    ``drop_rate`` for resnet12; ``weights`` (a local file) and ``download`` for torchvision
+    ResNets). A module backbone must map ``[B, C, H, W]`` to features ``[B, D]``; D is read from
+    ``out_dim``/``embedding_dim`` or found by a dry run at ``image_size`` (default 84).
+    """
+    if in_channels not in (1, 3):
+        raise FewShotError(f"encoders take 1- or 3-channel images, got {in_channels} channels")
+    if num_classes < 1:
+        raise FewShotError(f"num_classes must be positive, got {num_classes}")
+    if embedding_dim is not None and embedding_dim < 1:
+        raise FewShotError(f"embedding_dim must be positive, got {embedding_dim}")
+    if isinstance(name_or_module, nn.Module):
+        image_size = int(kw.pop("image_size", 84))
+        dim = _feature_dim(name_or_module, in_channels, image_size)
+        spec = {"name": type(name_or_module).__name__, "in_channels": in_channels,
+                "num_classes": num_classes, "embedding_dim": embedding_dim, "kwargs": {}, "custom": True}
+        return Encoder(name_or_module, dim, num_classes, embedding_dim, spec)
+    name = str(name_or_module).lower()
+    if name not in ENCODERS:
+        raise FewShotError(f"unknown encoder {name_or_module!r}; choose one of {', '.join(ENCODERS)}")
+    kwargs = dict(kw)
+    if name != "conv4":
+        kwargs.pop("image_size", None)
+    try:
+        backbone = ENCODERS[name](in_channels=in_channels, **kwargs)
+    except TypeError as exc:
+        raise FewShotError(f"bad options for encoder {name}: {exc}") from None
+    spec = {"name": name, "in_channels": in_channels, "num_classes": num_classes,
+            "embedding_dim": embedding_dim,
+            "kwargs": {k: (os.fspath(v) if isinstance(v, os.PathLike) else v) for k, v in kw.items()}}
+    return Encoder(backbone, backbone.out_dim, num_classes, embedding_dim, spec)
+
+
+def encoder_spec(model: nn.Module) -> dict:
+    """The rebuild spec of an encoder (unwrapping DDP / torch.compile)."""
+    model = getattr(model, "module", model)
+    model = getattr(model, "_orig_mod", model)
+    return dict(getattr(model, "spec", {}))

@@ -1,0 +1,297 @@
+"""The evaluation protocol: every head scored on the very same episodes of a novel split.
+
+Embed the split once (cached), transform the features, draw the episodes once per shot (or load
+them from manifests, or take fixed ones such as the Omniglot challenge runs), then process the
+episodes in chunks: gather ``support [E,S,D]`` / ``query [E,Q,D]`` for a chunk and run every head
+on the whole chunk at once. Per-episode accuracies feed the statistics (:mod:`fewshot.stats`) and
+the report (:mod:`fewshot.report`).
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import platform
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from episodes.imageset import ImageSet
+from episodes.manifest import load_manifest
+from episodes.sampling import Episodes, EpisodeSpec, sample_episodes
+
+from . import stats
+from .errors import FewShotError
+from .features import _load_encoder, best_device, check_finite, default_transform, embed_cached
+from .features import transform as apply_transform
+from .heads import Head, get_head
+from .heads.base import check_distance
+
+DEFAULT_HEADS = ("proto", "nn", "ls", "ls-mlp", "logreg")
+CHUNK_BYTES = 1 << 28  # gathered support+query floats per chunk (256 MiB)
+
+
+def build_heads(heads: Sequence[str | Any] | str, distance: str | None = None) -> list[Head]:
+    """Head objects from names (``"proto,nn:k=5"`` or a list), objects or callables; names unique."""
+    if isinstance(heads, str):
+        heads = [h for h in (p.strip() for p in _split_heads(heads)) if h]
+    kw = {} if distance is None else {"distance": distance}
+    out = [get_head(h, **kw) if isinstance(h, str) else get_head(h) for h in heads]
+    if not out:
+        raise FewShotError("no heads to evaluate")
+    names = [h.name for h in out]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise FewShotError(f"head names must be unique, got {dup} twice")
+    return out
+
+
+def _split_heads(text: str) -> list[str]:
+    """Split ``"proto,nn:k=5,weighted=False,ls"`` at commas that start a new head name."""
+    parts: list[str] = []
+    for piece in text.split(","):
+        if parts and "=" in piece and ":" not in piece and ":" in parts[-1]:
+            parts[-1] += "," + piece  # another option of the previous head
+        else:
+            parts.append(piece)
+    return parts
+
+
+def _chunk_size(e: int, per_episode_rows: int, dim: int) -> int:
+    return max(1, min(e, CHUNK_BYTES // max(1, per_episode_rows * max(dim, 1024) * 8)))
+
+
+def score_episodes(features: torch.Tensor, episodes: Episodes, heads: Sequence[Head], *,
+                   chunk_size: int | None = None, progress: bool = False) -> dict[str, np.ndarray]:
+    """Accuracy of every head on every episode: ``{head name: float64 [E]}``.
+
+    Episodes are processed ``chunk_size`` at a time (default: as many as fit 256 MiB of gathered
+    features); each head fits and scores a whole chunk in one batched call.
+    """
+    from tqdm.auto import tqdm
+
+    e = len(episodes)
+    way, shot, q = episodes.spec.way, episodes.support.shape[2], episodes.query.shape[2]
+    chunk = chunk_size or _chunk_size(e, way * (shot + q), features.shape[-1])
+    out = {h.name: np.empty(e, dtype=np.float64) for h in heads}
+    bar = tqdm(total=e * len(heads), desc=f"{way}-way {shot}-shot", unit="ep", disable=not progress,
+               leave=False)
+    with torch.no_grad():
+        for start in range(0, e, chunk):
+            s, sy, qx, qy = episodes[start:start + chunk].gather(features)
+            for head in heads:
+                logits = head.fit(s, sy, way)(qx)
+                if logits.shape != (*qy.shape, way):
+                    raise FewShotError(f"head {head.name} returned logits {tuple(logits.shape)}, "
+                                       f"expected {(*qy.shape, way)}")
+                acc = (logits.argmax(-1) == qy.to(logits.device)).double().mean(-1)
+                out[head.name][start:start + len(s)] = acc.cpu().numpy()
+                bar.update(len(s))
+    bar.close()
+    return out
+
+
+@dataclass
+class EvalResult:
+    """Per-episode accuracies of every head at every shot, with the run's configuration."""
+
+    heads: list[str]
+    shots: list[int]
+    way: int
+    query: int
+    accuracy: dict[tuple[str, int], np.ndarray]
+    config: dict = field(default_factory=dict)
+    dataset: dict = field(default_factory=dict)
+    checkpoint: dict = field(default_factory=dict)
+    challenge: bool = False
+    tsne: dict | None = None
+
+    # ------------------------------------------------------------------ statistics
+    def results(self) -> list[dict]:
+        rows = []
+        for shot in self.shots:
+            for head in self.heads:
+                acc = self.accuracy[(head, shot)]
+                mean, ci = stats.mean_ci(acc)
+                row = {"head": head, "way": self.way, "shot": shot, "query": self.query,
+                       "episodes": int(acc.size), "accuracy": mean, "ci95": ci}
+                if self.challenge:
+                    row["error_rate"] = 1.0 - mean
+                rows.append(row)
+        return rows
+
+    def paired(self) -> list[dict]:
+        """Every pair of heads at every shot; Holm adjustment over the whole family."""
+        rows = []
+        for shot in self.shots:
+            for a, b in itertools.combinations(self.heads, 2):
+                p = stats.paired(self.accuracy[(a, shot)], self.accuracy[(b, shot)])
+                rows.append({"head_a": a, "head_b": b, "shot": shot, **p.to_dict(), "_p": p})
+        adjusted = stats.holm([r["p_value"] for r in rows])
+        for r, padj in zip(rows, adjusted):
+            p = r.pop("_p")
+            r["p_holm"] = float(padj)
+            r["verdict"] = stats.verdict(r["head_a"], r["head_b"], p, p_adjusted=float(padj))
+        return rows
+
+    def best(self, shot: int) -> str:
+        return max(self.heads, key=lambda h: self.accuracy[(h, shot)].mean())
+
+    # ------------------------------------------------------------------ presentation
+    def table(self) -> str:
+        """The printed result: accuracy (challenge: error rate) ± 95% CI per head and shot; verdicts."""
+        metric = "error rate %" if self.challenge else "accuracy %"
+        cols = [f"{s}-shot" for s in self.shots]
+        n_eps = sorted({int(a.size) for a in self.accuracy.values()})
+        head = (f"{self.dataset.get('name') or 'data'}: {self.way}-way, {self.query} queries/class, "
+                f"{'/'.join(map(str, n_eps))} episodes, {metric} ± 95% CI "
+                f"(transform {self.config.get('transform')}, distance {self.config.get('distance')})")
+        width = max(8, *(len(h) for h in self.heads))
+        lines = [head, f"{'head':<{width}}  " + "  ".join(f"{c:>14}" for c in cols)]
+        for h in self.heads:
+            cells = []
+            for s in self.shots:
+                mean, ci = stats.mean_ci(self.accuracy[(h, s)])
+                value = (1 - mean) if self.challenge else mean
+                cells.append(f"{100 * value:6.2f} ± {100 * ci:4.2f}")
+            lines.append(f"{h:<{width}}  " + "  ".join(f"{c:>14}" for c in cells))
+        pairs = self.paired()
+        if pairs:
+            lines.append("best head against each other (paired, Holm-adjusted over all pairs and shots; "
+                         "all pairs in results.md):")
+            for s in self.shots:
+                best = self.best(s)
+                for r in pairs:
+                    if r["shot"] == s and best in (r["head_a"], r["head_b"]):
+                        lines.append(f"  {s}-shot: {r['verdict']}")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        """The ``results.json`` document."""
+        return {
+            "format": "fewshot-eval/1",
+            "config": self.config,
+            "versions": versions(),
+            "dataset": self.dataset,
+            "checkpoint": self.checkpoint,
+            "challenge": self.challenge,
+            "results": self.results(),
+            "paired": self.paired(),
+        }
+
+
+def versions() -> dict:
+    import scipy
+    import sklearn
+
+    from . import __version__
+
+    return {"fewshot": __version__, "python": platform.python_version(), "torch": torch.__version__,
+            "numpy": np.__version__, "scipy": scipy.__version__, "scikit-learn": sklearn.__version__}
+
+
+def _episode_sets(data: ImageSet, way: int, shots: Sequence[int], query: int, episodes: int | Episodes,
+                  seed: int, within_group: bool, episodes_file) -> list[Episodes]:
+    if isinstance(episodes, Episodes):
+        return [episodes]
+    if episodes_file:
+        files = [episodes_file] if isinstance(episodes_file, (str, os.PathLike)) else list(episodes_file)
+        sets = [load_manifest(f, data) for f in files]
+        seen = [e.spec.shot for e in sets]
+        if len(set(seen)) != len(seen):
+            raise FewShotError(f"two episode files have the same shot ({seen})")
+        return sets
+    if not shots:
+        raise FewShotError("no shots to evaluate")
+    return [sample_episodes(data, EpisodeSpec(way, int(s), query), int(episodes), seed=seed,
+                            within_group=within_group) for s in shots]
+
+
+def tsne_embedding(features: torch.Tensor, data: ImageSet, seed: int = 0, max_classes: int = 10,
+                   per_class: int = 30) -> dict:
+    """2-D t-SNE (scikit-learn) of up to ``max_classes`` x ``per_class`` images, for the report."""
+    from sklearn.manifold import TSNE
+
+    rng = np.random.default_rng(seed)
+    labels = data.labels.numpy()
+    classes = rng.permutation(data.num_classes)[:max_classes]
+    idx = np.concatenate([rng.permutation(np.flatnonzero(labels == c))[:per_class] for c in classes])
+    x = features[torch.from_numpy(idx)].numpy()
+    perplexity = float(min(30, max(2, (len(idx) - 1) // 3)))
+    from threadpoolctl import threadpool_limits
+
+    # One OpenMP thread: t-SNE of a few hundred points gains nothing from more, and spinning
+    # OpenMP workers slow it down by orders of magnitude on a busy machine.
+    with threadpool_limits(limits=1, user_api="openmp"):
+        pts = TSNE(n_components=2, init="pca", random_state=seed, perplexity=perplexity).fit_transform(x)
+    return {"points": pts.tolist(), "labels": labels[idx].tolist(),
+            "class_names": {int(c): data.class_names[c] for c in classes}}
+
+
+def evaluate(checkpoint: str | os.PathLike | tuple[torch.nn.Module, dict], data: ImageSet, *,
+             heads: Sequence[str | Any] | str = DEFAULT_HEADS, way: int = 5, shots: Sequence[int] = (1, 5),
+             query: int = 15, episodes: int | Episodes = 2000, seed: int = 0, transform: str | None = None,
+             distance: str | None = None, within_group: bool = False, episodes_file=None,
+             out_dir: str | os.PathLike | None = None, tsne: bool = False, progress: bool = True,
+             device: str | None = None, batch_size: int = 256, cache_dir: str | os.PathLike | None = None,
+             challenge: bool = False, chunk_size: int | None = None) -> EvalResult:
+    """Score every head on the same episodes of ``data`` (novel classes) with the encoder of ``checkpoint``.
+
+    ``checkpoint``: a path (``fewshot.checkpoint.load_encoder``) or a loaded ``(model, info)`` pair.
+    ``distance`` / ``transform`` default to the checkpoint's training distance (cosine -> l2 features,
+    euclidean -> raw). ``episodes``: a count to draw per shot with ``seed``, or fixed
+    :class:`~episodes.Episodes` (e.g. the Omniglot challenge runs, with ``challenge=True``);
+    ``episodes_file``: one manifest path or several (one per shot) instead. Images are converted to
+    the encoder's channels and size by the checkpoint's preprocessing, so cross-domain data just
+    works. With ``out_dir`` the report is written there (:func:`fewshot.report.write_report`).
+    """
+    dev = best_device(device)
+    model, info = _load_encoder(checkpoint, dev)
+    distance = check_distance(distance or info.get("distance") or "euclidean")
+    kind = transform or default_transform(distance)
+    head_objs = build_heads(heads, distance)
+    ep_sets = _episode_sets(data, way, shots, query, episodes, seed, within_group, episodes_file)
+
+    feats = embed_cached((model, info), data, cache_dir=cache_dir, device=dev, batch_size=batch_size,
+                         progress=progress)
+    check_finite(feats, data.name or None)
+    base_mean = info.get("base_mean")
+    feats = apply_transform(feats, kind, None if base_mean is None else torch.as_tensor(base_mean).cpu())
+    check_finite(feats, data.name or None)
+
+    accuracy: dict[tuple[str, int], np.ndarray] = {}
+    for eps in ep_sets:
+        shot = int(eps.support.shape[2])
+        scores = score_episodes(feats, eps, head_objs, chunk_size=chunk_size, progress=progress)
+        for name, acc in scores.items():
+            accuracy[(name, shot)] = acc
+    way_used = int(ep_sets[0].support.shape[1])
+    query_used = int(ep_sets[0].query.shape[2])
+    config = {"heads": [h.name for h in head_objs], "head_repr": {h.name: repr(h) for h in head_objs},
+              "way": way_used, "shots": [int(e.support.shape[2]) for e in ep_sets], "query": query_used,
+              "episodes": [len(e) for e in ep_sets], "seed": seed if not episodes_file else None,
+              "episodes_file": None if not episodes_file else (
+                  [os.fspath(f) for f in episodes_file] if isinstance(episodes_file, (list, tuple))
+                  else os.fspath(episodes_file)),
+              "within_group": bool(within_group or any(e.within_group for e in ep_sets)),
+              "transform": kind, "distance": distance, "device": str(dev), "challenge": challenge}
+    result = EvalResult(
+        heads=[h.name for h in head_objs], shots=config["shots"], way=way_used, query=query_used,
+        accuracy=accuracy, config=config,
+        dataset={"name": data.name, "fingerprint": data.fingerprint, "images": len(data),
+                 "classes": data.num_classes, "description": data.describe()},
+        checkpoint={"path": None if info.get("path") is None else os.fspath(info["path"]),
+                    "hash": info.get("hash"), "distance": info.get("distance")},
+        challenge=challenge,
+    )
+    if tsne:
+        result.tsne = tsne_embedding(feats, data, seed)
+    if out_dir is not None:
+        from .report import write_report
+
+        write_report(result, Path(out_dir))
+    return result

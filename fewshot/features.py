@@ -1,0 +1,187 @@
+"""Embedding a whole image set once (batched, best device, bf16 autocast on CUDA), feature
+transforms (none / l2 / cl2n), and a disk cache of features keyed by checkpoint, data and
+preprocessing.
+
+Evaluation embeds each image once and then only indexes the feature matrix per episode, which
+is what makes thousands of episodes cheap (see ``benchmarks/eval_throughput.py``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from episodes.imageset import ImageSet
+
+from .errors import FewShotError
+
+TRANSFORMS = ("none", "l2", "cl2n")
+CACHE_VERSION = 1
+
+
+def best_device(device: str | torch.device | None = None) -> torch.device:
+    """``device`` if given, else CUDA, else MPS, else CPU."""
+    if device is not None:
+        return torch.device(device)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def _default_preprocess(x: torch.Tensor) -> torch.Tensor:
+    return x.float().div_(255)
+
+
+def _embedding_of(out: Any) -> torch.Tensor:
+    if isinstance(out, (tuple, list)):
+        out = out[0]
+    if not isinstance(out, torch.Tensor) or out.dim() != 2:
+        raise FewShotError("the model must return (embedding [B, D], logits) or an embedding [B, D]")
+    return out
+
+
+def embed(model: torch.nn.Module, images: ImageSet | torch.Tensor, preprocess: Callable | None, *,
+          device: str | torch.device | None = None, batch_size: int = 256,
+          progress: bool = True) -> torch.Tensor:
+    """Embed every image: ``float32 [N, D]`` on the CPU.
+
+    ``images``: an :class:`~episodes.ImageSet` or uint8 ``[N,C,H,W]``. ``preprocess`` maps a uint8
+    batch (already on the device) to the model's normalised float input, converting channels and
+    size (``fewshot.preprocess.Preprocess``); ``None`` scales to [0, 1]. The model is moved to the
+    device and put in eval mode; runs under ``torch.inference_mode`` and, on CUDA, bf16 autocast.
+    Non-finite embeddings raise :class:`FewShotError`.
+    """
+    x_all = images.images if isinstance(images, ImageSet) else images
+    if not isinstance(x_all, torch.Tensor) or x_all.dtype != torch.uint8 or x_all.dim() != 4:
+        raise FewShotError("embed needs an ImageSet or a uint8 tensor [N, C, H, W]")
+    if batch_size < 1:
+        raise FewShotError(f"batch size must be positive, got {batch_size}")
+    dev = best_device(device)
+    model = model.to(dev).eval()
+    prep = preprocess or _default_preprocess
+    n = x_all.shape[0]
+    chunks: list[torch.Tensor] = []
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=n, desc="embed", unit="img", disable=not progress, leave=False)
+    with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+        for start in range(0, n, batch_size):
+            batch = x_all[start:start + batch_size].to(dev, non_blocking=True)
+            emb = _embedding_of(model(prep(batch)))
+            chunks.append(emb.float().cpu())
+            bar.update(batch.shape[0])
+    bar.close()
+    feats = torch.cat(chunks) if chunks else torch.empty(0, 0)
+    check_finite(feats, getattr(images, "name", "") or None)
+    return feats
+
+
+def check_finite(features: torch.Tensor, source: str | None = None) -> None:
+    """Refuse NaN / inf features with a one-line error (how many rows, the first one)."""
+    bad = ~torch.isfinite(features).all(-1) if features.dim() > 1 else ~torch.isfinite(features)
+    if bool(bad.any()):
+        first = int(bad.nonzero()[0, 0])
+        raise FewShotError(f"{int(bad.sum())} of {len(bad)} feature rows are NaN or infinite "
+                           f"(first: row {first}); check the checkpoint and the input images", source)
+
+
+def transform(features: torch.Tensor, kind: str = "none",
+              base_mean: torch.Tensor | None = None) -> torch.Tensor:
+    """Feature transform applied before every head.
+
+    ``none``: as is. ``l2``: unit length. ``cl2n`` (SimpleShot, Wang et al. 2019): subtract the mean
+    embedding of the *base* training images (``base_mean [D]``, from the checkpoint), then unit
+    length. Works on any ``[..., D]``.
+    """
+    if kind not in TRANSFORMS:
+        raise FewShotError(f"unknown feature transform {kind!r}; valid: {', '.join(TRANSFORMS)}")
+    if kind == "none":
+        return features
+    if kind == "cl2n":
+        if base_mean is None:
+            raise FewShotError("transform cl2n needs the base-class mean embedding; "
+                               "this checkpoint has none (use --transform l2)")
+        base_mean = torch.as_tensor(base_mean, dtype=features.dtype, device=features.device)
+        if base_mean.shape != features.shape[-1:]:
+            raise FewShotError(f"base mean has shape {tuple(base_mean.shape)}, features have dim "
+                               f"{features.shape[-1]}")
+        features = features - base_mean
+    return torch.nn.functional.normalize(features, dim=-1)
+
+
+def default_transform(distance: str) -> str:
+    """The transform that matches a checkpoint's training distance: cosine -> l2, euclidean -> none."""
+    return "l2" if distance == "cosine" else "none"
+
+
+def cache_dir_default() -> Path:
+    return Path(os.environ.get("FEWSHOT_CACHE_DIR") or Path.home() / ".cache" / "fewshot")
+
+
+def _preprocess_key(preprocess: Any) -> Any:
+    if preprocess is None:
+        return None
+    if hasattr(preprocess, "to_dict"):
+        return preprocess.to_dict()
+    return repr(preprocess)
+
+
+def feature_cache_key(checkpoint_hash: str, imageset: ImageSet, preprocess: Any) -> str:
+    """Hash of checkpoint content hash + dataset fingerprint + preprocessing."""
+    doc = {"v": CACHE_VERSION, "checkpoint": checkpoint_hash, "data": imageset.fingerprint,
+           "preprocess": _preprocess_key(preprocess)}
+    return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:24]
+
+
+def _load_encoder(checkpoint: Any, device: torch.device) -> tuple[torch.nn.Module, dict]:
+    if isinstance(checkpoint, tuple) and len(checkpoint) == 2:
+        return checkpoint
+    try:
+        from .checkpoint import load_encoder
+    except ImportError:  # pragma: no cover - TRAIN's module not there yet
+        raise FewShotError("fewshot.checkpoint is not available to load the encoder") from None
+    return load_encoder(checkpoint, device=str(device))
+
+
+def embed_cached(checkpoint: str | os.PathLike | tuple[torch.nn.Module, dict], imageset: ImageSet, *,
+                 cache_dir: str | os.PathLike | None = None, device: str | torch.device | None = None,
+                 batch_size: int = 256, progress: bool = True) -> torch.Tensor:
+    """:func:`embed` through a disk cache: ``float32 [N, D]``.
+
+    ``checkpoint`` is a checkpoint path or an already loaded ``(model, info)`` pair (info as from
+    ``fewshot.checkpoint.load_encoder``: ``hash``, ``preprocess``). The cache file
+    ``<cache_dir>/features/<key>.pt`` is keyed by the checkpoint's content hash, the data set's
+    fingerprint and the preprocessing; it is written atomically and read with
+    ``weights_only=True``. A corrupt cache file is recomputed (with a warning).
+    """
+    dev = best_device(device)
+    model, info = _load_encoder(checkpoint, dev)
+    preprocess = info.get("preprocess")
+    key = feature_cache_key(str(info.get("hash", "")), imageset, preprocess)
+    root = Path(cache_dir) if cache_dir is not None else cache_dir_default()
+    path = root / "features" / f"{key}.pt"
+    if path.exists() and info.get("hash"):
+        try:
+            doc = torch.load(path, map_location="cpu", weights_only=True)
+            feats = doc["features"]
+            if doc.get("key") == key and feats.shape[0] == len(imageset):
+                return feats
+        except Exception as exc:  # noqa: BLE001 - any unreadable cache is recomputed
+            warnings.warn(f"{path}: unreadable feature cache ({exc}); recomputing", stacklevel=2)
+    feats = embed(model, imageset, preprocess, device=dev, batch_size=batch_size, progress=progress)
+    if info.get("hash"):  # an unhashed (in-memory) model cannot be cached safely
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        torch.save({"key": key, "features": feats, "fingerprint": imageset.fingerprint,
+                    "checkpoint": str(info["hash"])}, tmp)
+        os.replace(tmp, path)
+    return feats

@@ -1,0 +1,72 @@
+"""Few-shot heads by name: ``get_head("proto")``, ``get_head("nn", k=5)``, ``get_head("ls:lam=1")``.
+
+Every head fits a batch of episodes at once: ``head.fit(support [E,S,D], labels [E,S], way)``
+returns a fitted object, and ``fitted(query [E,Q,D])`` returns logits ``[E,Q,way]``.
+"""
+
+from __future__ import annotations
+
+import ast
+import inspect
+from typing import Any
+
+from ..errors import FewShotError
+from .base import CallableHead, Fitted, Head, as_head
+from .logreg import LogRegHead
+from .ls import DEFAULT_GRID, LSHead, loo_residuals, loo_select, ridge_fit
+from .ls_mlp import LSMLPHead
+from .nn import NNHead
+from .proto import ProtoHead
+
+HEADS: dict[str, type] = {
+    "proto": ProtoHead,
+    "nn": NNHead,
+    "ls": LSHead,
+    "ls-mlp": LSMLPHead,
+    "logreg": LogRegHead,
+}
+
+
+def _parse(spec: str) -> tuple[str, dict[str, Any]]:
+    """``"nn:k=5,distance=cosine"`` -> ``("nn", {"k": 5, "distance": "cosine"})``."""
+    name, _, rest = spec.strip().partition(":")
+    kw: dict[str, Any] = {}
+    for item in filter(None, (p.strip() for p in rest.split(","))):
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise FewShotError(f"head option {item!r} in {spec!r} must be key=value")
+        try:
+            kw[key.strip()] = ast.literal_eval(value.strip())
+        except (ValueError, SyntaxError):
+            kw[key.strip()] = value.strip()
+    return name.strip(), kw
+
+
+def get_head(name: str | Any, **kw: Any) -> Head:
+    """A head by registry name (options as keywords or ``"name:key=value,..."``), or a user head
+    object / callable passed through :func:`as_head`. Options a head does not take are refused,
+    except ``distance``, which is passed only to heads that have one (so one ``--distance`` flag
+    can reach proto and nn)."""
+    if not isinstance(name, str):
+        return as_head(name)
+    base, opts = _parse(name)
+    if base not in HEADS:
+        raise FewShotError(f"unknown head {base!r}; valid heads: {', '.join(HEADS)}")
+    cls = HEADS[base]
+    params = inspect.signature(cls).parameters
+    merged = {k: v for k, v in kw.items() if not (k == "distance" and "distance" not in params)}
+    merged.update(opts)
+    bad = sorted(set(merged) - set(params))
+    if bad:
+        valid = ", ".join(p for p in params if p != "name")
+        raise FewShotError(f"head {base!r} takes no option(s) {bad}; valid: {valid}")
+    try:
+        head = cls(**merged)
+    except TypeError as exc:
+        raise FewShotError(f"bad options for head {base!r}: {exc}") from None
+    head.name = name.strip() if opts else base
+    return head
+
+
+__all__ = ["HEADS", "get_head", "as_head", "Head", "Fitted", "CallableHead", "ProtoHead", "NNHead", "LSHead",
+           "LSMLPHead", "LogRegHead", "ridge_fit", "loo_select", "loo_residuals", "DEFAULT_GRID"]

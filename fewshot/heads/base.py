@@ -1,0 +1,107 @@
+"""The head contract: ``fit(support [E,S,D], labels [E,S], way) -> fitted``;
+``fitted(query [E,Q,D]) -> logits [E,Q,way]``.
+
+A head turns the support set of every episode of a batch into a classifier at once (batched over
+episodes ``E``), so evaluation and episodic training never loop over single episodes in Python.
+Any plain callable ``f(support, support_labels, way) -> callable`` is accepted as a head too
+(:func:`as_head`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+
+from ..errors import FewShotError
+
+DISTANCES = ("euclidean", "cosine")
+
+
+@runtime_checkable
+class Fitted(Protocol):
+    """A head fitted on a batch of episodes: ``fitted(query [E,Q,D]) -> logits [E,Q,way]``."""
+
+    def __call__(self, query: torch.Tensor) -> torch.Tensor: ...
+
+
+@runtime_checkable
+class Head(Protocol):
+    """Fits a batch of episodes; ``name`` is used in reports."""
+
+    name: str
+
+    def fit(self, support: torch.Tensor, support_labels: torch.Tensor, way: int) -> Fitted: ...
+
+
+class CallableHead:
+    """Wraps a user function ``f(support, support_labels, way) -> callable`` as a :class:`Head`."""
+
+    def __init__(self, fn: Callable[[torch.Tensor, torch.Tensor, int], Callable],
+                 name: str | None = None):
+        self.fn = fn
+        self.name = name or getattr(fn, "__name__", type(fn).__name__)
+
+    def fit(self, support: torch.Tensor, support_labels: torch.Tensor, way: int) -> Fitted:
+        check_support(support, support_labels, way)
+        return self.fn(support, support_labels, way)
+
+    def __repr__(self) -> str:
+        return f"CallableHead({self.name})"
+
+
+def as_head(obj: Any, name: str | None = None) -> Head:
+    """A :class:`Head` from a head object or a plain callable with the head signature."""
+    if hasattr(obj, "fit") and callable(obj.fit):
+        if name is not None:
+            obj.name = name
+        elif not hasattr(obj, "name"):
+            obj.name = type(obj).__name__
+        return obj
+    if callable(obj):
+        return CallableHead(obj, name)
+    raise FewShotError(f"a head must have .fit(support, labels, way) or be callable, "
+                       f"got {type(obj).__name__}")
+
+
+def check_support(support: torch.Tensor, labels: torch.Tensor, way: int) -> None:
+    """Validate the shapes of a batch of support sets (one clear message per misuse)."""
+    if support.dim() != 3:
+        raise FewShotError(f"support must be [episodes, shots, dim], got shape {tuple(support.shape)}")
+    if labels.shape != support.shape[:2]:
+        raise FewShotError(f"support labels must be {tuple(support.shape[:2])}, got {tuple(labels.shape)}")
+    if way < 1:
+        raise FewShotError(f"way must be positive, got {way}")
+    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= way):
+        raise FewShotError(f"support labels must lie in [0, {way}), "
+                           f"got [{int(labels.min())}, {int(labels.max())}]")
+
+
+def check_query(query: torch.Tensor, dim: int, episodes: int) -> None:
+    if query.dim() != 3 or query.shape[0] != episodes or query.shape[2] != dim:
+        raise FewShotError(f"query must be [{episodes}, queries, {dim}], got {tuple(query.shape)}")
+
+
+def check_distance(distance: str) -> str:
+    if distance not in DISTANCES:
+        raise FewShotError(f"unknown distance {distance!r}; valid: {', '.join(DISTANCES)}")
+    return distance
+
+
+def one_hot(labels: torch.Tensor, way: int, dtype: torch.dtype) -> torch.Tensor:
+    """``[E,S] -> [E,S,way]`` one-hot targets in ``dtype``."""
+    return torch.nn.functional.one_hot(labels.long(), way).to(dtype)
+
+
+def sq_euclidean(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Batched squared euclidean distances ``[E,A,D] x [E,B,D] -> [E,A,B]`` (differentiable, >= 0)."""
+    d = (a * a).sum(-1, keepdim=True) - 2 * a @ b.transpose(-1, -2) + (b * b).sum(-1).unsqueeze(-2)
+    return d.clamp_min(0)
+
+
+def cosine_sim(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """Batched cosine similarities ``[E,A,D] x [E,B,D] -> [E,A,B]``."""
+    an = torch.nn.functional.normalize(a, dim=-1, eps=eps)
+    bn = torch.nn.functional.normalize(b, dim=-1, eps=eps)
+    return an @ bn.transpose(-1, -2)

@@ -1,0 +1,61 @@
+"""Logistic-regression head: scikit-learn per episode, the reference head of many papers (RFS, Tian
+et al. 2020). Slow and not differentiable; kept for comparison."""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .base import check_query, check_support
+
+
+@dataclass
+class FittedLogReg:
+    models: list
+    dim: int
+    normalize: bool
+    way: int
+
+    def __call__(self, query: torch.Tensor) -> torch.Tensor:
+        check_query(query, self.dim, len(self.models))
+        q = query.detach().float()
+        if self.normalize:
+            q = torch.nn.functional.normalize(q, dim=-1)
+        q_np = q.cpu().numpy()
+        out = np.full((q.shape[0], q.shape[1], self.way), -np.inf, dtype=np.float32)
+        for e, model in enumerate(self.models):
+            scores = model.decision_function(q_np[e])
+            if scores.ndim == 1:  # binary: sklearn returns the score of classes_[1]
+                scores = np.stack([-scores, scores], axis=1)
+            out[e][:, model.classes_] = scores
+        return torch.from_numpy(out).to(query.device)
+
+
+@dataclass
+class LogRegHead:
+    """``LogisticRegression(C, lbfgs, max_iter)`` on L2-normalised features, one fit per episode."""
+
+    C: float = 1.0
+    max_iter: int = 1000
+    normalize: bool = True
+    random_state: int = 0
+    name: str = "logreg"
+
+    def fit(self, support: torch.Tensor, support_labels: torch.Tensor, way: int) -> FittedLogReg:
+        from sklearn.linear_model import LogisticRegression
+
+        check_support(support, support_labels, way)
+        s = support.detach().float()
+        if self.normalize:
+            s = torch.nn.functional.normalize(s, dim=-1)
+        s_np, y_np = s.cpu().numpy(), support_labels.detach().cpu().numpy()
+        models = []
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # ConvergenceWarning on separable 1-shot data
+            for e in range(s_np.shape[0]):
+                model = LogisticRegression(C=self.C, max_iter=self.max_iter, random_state=self.random_state)
+                models.append(model.fit(s_np[e], y_np[e]))
+        return FittedLogReg(models, support.shape[-1], self.normalize, way)

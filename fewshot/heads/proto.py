@@ -1,0 +1,52 @@
+"""Prototype head (ProtoNet, SimpleShot): each class is the mean of its support embeddings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .base import check_distance, check_query, check_support, cosine_sim, one_hot, sq_euclidean
+
+
+@dataclass
+class FittedProto:
+    """Class means of every episode; scores are ``-squared euclidean`` or ``cosine`` (times ``scale``)."""
+
+    prototypes: torch.Tensor  # [E, way, D]
+    distance: str = "euclidean"
+    scale: float = 1.0
+
+    def __call__(self, query: torch.Tensor) -> torch.Tensor:
+        check_query(query, self.prototypes.shape[-1], self.prototypes.shape[0])
+        query = query.to(self.prototypes.dtype)
+        if self.distance == "cosine":
+            return self.scale * cosine_sim(query, self.prototypes)
+        return -self.scale * sq_euclidean(query, self.prototypes)
+
+
+@dataclass
+class ProtoHead:
+    """Nearest class mean.
+
+    ``distance="euclidean"`` scores by negative squared euclidean distance as ProtoNet does (Snell
+    et al. 2017); ``"cosine"`` by cosine similarity (SimpleShot with l2 features is the euclidean
+    variant on normalised features). ``scale`` multiplies the logits (a temperature for episodic
+    training; it does not change predictions). Differentiable in the support and the query.
+    """
+
+    distance: str = "euclidean"
+    scale: float = 1.0
+    name: str = "proto"
+
+    def __post_init__(self) -> None:
+        check_distance(self.distance)
+
+    def fit(self, support: torch.Tensor, support_labels: torch.Tensor, way: int) -> FittedProto:
+        check_support(support, support_labels, way)
+        if not support.is_floating_point():
+            support = support.float()
+        y = one_hot(support_labels, way, support.dtype)            # [E,S,way]
+        counts = y.sum(1).clamp_min(1).unsqueeze(-1)               # [E,way,1]
+        prototypes = y.transpose(1, 2) @ support / counts          # [E,way,D]
+        return FittedProto(prototypes, self.distance, self.scale)

@@ -1,0 +1,657 @@
+"""Metric training of an encoder: the recipe of the field, on pytorch-metric-learning.
+
+Batches come from PML's ``MPerClassSampler`` (m images of each of batch/m classes) or plain random
+sampling; they are gathered by indexing the uint8 ``ImageSet`` held in memory (on the GPU when it
+fits) and augmented there as batched tensor ops (:mod:`fewshot.augment`). The objective is
+``w_metric * metric_loss(embedding, mined tuples) + w_ce * cross_entropy(logits)``, optimised with
+SGD (Nesterov) or AdamW under a warm-up + cosine schedule. Every epoch (or every k) the encoder is
+scored on fixed validation episodes with prototypes under the training distance; ``best.pt`` keeps
+the best, ``last.pt`` the latest state (model, optimizer, scheduler, sampler position, RNGs), both
+written atomically, so ``resume`` continues bit-exactly on CPU. Under ``torchrun`` the model runs in
+DistributedDataParallel and the metric loss sees the global batch (PML's distributed wrappers).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from episodes import EpisodeSpec, ImageSet, sample_episodes
+
+from .augment import Augment
+from .checkpoint import load_checkpoint, save_checkpoint, state_hash
+from .encoders import ENCODERS, build_encoder, encoder_spec
+from .errors import FewShotError
+from .losses import LOSSES, MINERS, PROXY_LOSSES, build_loss, build_miner, distance_name, parse_loss_args
+from .preprocess import Preprocess
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+__all__ = ["TrainConfig", "TrainResult", "load_recipe", "RECIPES", "train", "rotate_classes",
+           "episode_accuracy", "embed_images"]
+
+RECIPE_DIR = Path(__file__).resolve().parent / "recipes"
+RECIPES = sorted(p.stem for p in RECIPE_DIR.glob("*.toml"))
+OPTIMIZERS = ("sgd", "adamw")
+SAMPLERS = ("mperclass", "random")
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of a training run (one field per ``fewshot train`` flag, plus recipe-only keys)."""
+
+    data: str | None = None
+    split: str | None = None
+    val: str | None = None
+    out: str | None = None
+    recipe: str | None = None
+    # model
+    encoder: str = "conv4"
+    encoder_args: dict = field(default_factory=dict)
+    embedding_dim: int | None = None
+    image_size: int | None = None
+    channels: int | None = None
+    download: bool = False
+    # objective
+    loss: str = "circle"
+    loss_args: dict = field(default_factory=dict)
+    miner: str = "multisimilarity"
+    distance: str = "cosine"
+    w_metric: float = 0.1
+    w_ce: float = 1.0
+    label_smoothing: float = 0.0
+    # data
+    sampler: str = "mperclass"
+    m: int = 4
+    batch_size: int = 64
+    rotate_classes: bool = False
+    augment: dict = field(default_factory=dict)
+    # optimisation
+    optimizer: str = "sgd"
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    epochs: int = 30
+    warmup_epochs: float = 1.0
+    seed: int = 0
+    device: str = "auto"
+    compile: bool = False
+    resume: str | None = None
+    # validation
+    val_every: int = 1
+    val_way: int = 5
+    val_shots: list = field(default_factory=lambda: [1, 5])
+    val_query: int = 15
+    val_episodes: int = 500
+    val_within_group: bool = False
+    val_fraction: float = 0.2
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(k for k in d if k not in names)
+        if unknown:
+            raise FewShotError(f"unknown training settings {unknown}")
+        return cls(**{k: v for k, v in d.items()})
+
+    @classmethod
+    def resolve(cls, recipe: str | None = None, **overrides) -> TrainConfig:
+        """Defaults, then the recipe, then every override that is not None."""
+        base: dict = {}
+        if recipe:
+            base.update(load_recipe(recipe))
+            base["recipe"] = recipe
+        for key, value in overrides.items():
+            if value is None:
+                continue
+            if key in ("augment", "encoder_args", "loss_args") and isinstance(value, dict):
+                base[key] = {**base.get(key, {}), **value}
+            else:
+                base[key] = value
+        return cls.from_dict(base)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class TrainResult:
+    """What a run produced: checkpoint paths, the per-epoch metrics and the best validation accuracy."""
+
+    out_dir: Path
+    best_path: Path
+    last_path: Path
+    metrics: list
+    val_accuracy: float | None
+    held_out_classes: list | None = None
+    config: TrainConfig | None = None
+
+
+def load_recipe(name: str) -> dict:
+    """A shipped recipe (``fewshot/recipes/<name>.toml``) or a TOML file path, as a flat dict."""
+    path = Path(name)
+    if not (path.suffix == ".toml" and path.exists()):
+        path = RECIPE_DIR / f"{name}.toml"
+        if not path.exists():
+            raise FewShotError(f"unknown recipe {name!r}; choose one of {', '.join(RECIPES)} "
+                               "or give a .toml file")
+    try:
+        with open(path, "rb") as fh:
+            return tomllib.load(fh)
+    except tomllib.TOMLDecodeError as exc:
+        raise FewShotError(f"bad recipe TOML ({exc})", path) from None
+
+
+# -------------------------------------------------------------------- helpers
+def rotate_classes(data: ImageSet) -> ImageSet:
+    """Class augmentation by 90/180/270 degree rotations: every rotation is a new class (4x classes).
+
+    Used by the Omniglot literature (Vinyals et al. 2016, Snell et al. 2017); a rotated character is
+    a different character. Ids and class names get an ``@rot90``/``@rot180``/``@rot270`` suffix.
+    """
+    if data.image_size[0] != data.image_size[1]:
+        raise FewShotError(f"rotation classes need square images, got {data.image_size}")
+    parts = [data]
+    for k in (1, 2, 3):
+        tag = f"@rot{90 * k}"
+        parts.append(ImageSet(torch.rot90(data.images, k, (2, 3)).contiguous(), data.labels,
+                              [n + tag for n in data.class_names], [i + tag for i in data.ids],
+                              data.groups, data.name))
+    return ImageSet.concat(parts, name=f"{data.name} x4 rotations")
+
+
+def _derive_seed(*parts: int) -> int:
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
+
+
+def _dist_info() -> tuple[int, int, int]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    return rank, world, local
+
+
+def _resolve_device(name: str, local_rank: int) -> torch.device:
+    if name in ("auto", None):
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        name = f"cuda:{local_rank}"
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise FewShotError(f"unknown device {name!r} (use auto, cpu, cuda or cuda:N)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise FewShotError("--device cuda asked for, but no CUDA device is available")
+    return device
+
+
+@torch.no_grad()
+def embed_images(model: torch.nn.Module, images: torch.Tensor, preprocess: Preprocess,
+                 device: torch.device, batch_size: int = 512) -> torch.Tensor:
+    """Embeddings ``[N, D]`` (float32, on ``device``) of uint8 images, in eval mode."""
+    was_training = model.training
+    model.eval()
+    out = []
+    for start in range(0, images.shape[0], batch_size):
+        x = preprocess(images[start:start + batch_size].to(device, non_blocking=True))
+        if device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                emb = model(x)[0]
+        else:
+            emb = model(x)[0]
+        out.append(emb.float())
+    model.train(was_training)
+    return torch.cat(out) if out else torch.empty(0)
+
+
+def episode_accuracy(features: torch.Tensor, episodes, distance: str = "cosine") -> torch.Tensor:
+    """Per-episode accuracy ``[E]`` of nearest-prototype classification, all episodes batched."""
+    if distance == "cosine":
+        features = F.normalize(features, dim=-1)
+    s, sy, q, qy = episodes.gather(features)
+    way = episodes.spec.way
+    onehot = F.one_hot(sy, way).to(s.dtype)                                    # [E,S,way]
+    protos = onehot.transpose(1, 2) @ s / onehot.sum(1).unsqueeze(-1)           # [E,way,D]
+    if distance == "cosine":
+        scores = q @ F.normalize(protos, dim=-1).transpose(1, 2)
+    else:
+        scores = -torch.cdist(q, protos).pow(2)
+    return (scores.argmax(-1) == qy).float().mean(1)
+
+
+# ------------------------------------------------------------------ checks
+def _check_early(cfg: TrainConfig, world: int | None = None) -> None:
+    """Checks that need no data: names, positive sizes, batch divisibility. One-line FewShotError."""
+    world = _dist_info()[1] if world is None else world
+    if isinstance(cfg.encoder, str) and cfg.encoder.lower() not in ENCODERS:
+        raise FewShotError(f"unknown encoder {cfg.encoder!r}; choose one of {', '.join(ENCODERS)}")
+    if isinstance(cfg.loss, str) and cfg.loss.lower() not in LOSSES:
+        raise FewShotError(f"unknown loss {cfg.loss!r}; choose one of {', '.join(LOSSES)}")
+    if isinstance(cfg.miner, str) and cfg.miner.lower() not in MINERS:
+        raise FewShotError(f"unknown miner {cfg.miner!r}; choose one of {', '.join(MINERS)}")
+    if cfg.distance not in ("cosine", "euclidean"):
+        raise FewShotError(f"unknown distance {cfg.distance!r}; choose cosine or euclidean")
+    if cfg.optimizer not in OPTIMIZERS:
+        raise FewShotError(f"unknown optimizer {cfg.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
+    if cfg.sampler not in SAMPLERS:
+        raise FewShotError(f"unknown sampler {cfg.sampler!r}; choose one of {', '.join(SAMPLERS)}")
+    for name in ("batch_size", "m", "epochs", "val_every"):
+        if int(getattr(cfg, name)) < 1:
+            raise FewShotError(f"{name.replace('_', '-')} must be a positive integer, "
+                               f"got {getattr(cfg, name)}")
+    if cfg.lr <= 0 or cfg.weight_decay < 0 or cfg.w_metric < 0 or cfg.w_ce < 0:
+        raise FewShotError("lr must be > 0; weight-decay, w-metric and w-ce must be >= 0")
+    if cfg.w_metric == 0 and cfg.w_ce == 0:
+        raise FewShotError("w-metric and w-ce are both 0: nothing to train")
+    if cfg.batch_size % world:
+        raise FewShotError(f"batch size {cfg.batch_size} is not divisible by the {world} processes")
+    if cfg.sampler == "mperclass":
+        per_rank = cfg.batch_size // world
+        if per_rank % cfg.m:
+            raise FewShotError(f"batch size {cfg.batch_size} is not divisible by m={cfg.m}"
+                               + (f" per process ({per_rank} each)" if world > 1 else ""))
+    if not cfg.val_shots or min(int(s) for s in cfg.val_shots) < 1 or cfg.val_way < 2:
+        raise FewShotError(f"validation needs way >= 2 and shots >= 1, got {cfg.val_way} / {cfg.val_shots}")
+
+
+def _check_config(cfg: TrainConfig, data: ImageSet, world: int) -> None:
+    _check_early(cfg, world)
+    if cfg.sampler == "mperclass":
+        counts = data.class_counts()
+        smallest = int(counts.argmin())
+        if cfg.m > counts[smallest]:
+            raise FewShotError(f"m={cfg.m} is larger than the smallest class "
+                               f"({data.class_names[smallest]!r} has {counts[smallest]} images)")
+        if cfg.batch_size // cfg.m > data.num_classes:
+            raise FewShotError(f"batch size {cfg.batch_size} with m={cfg.m} needs {cfg.batch_size // cfg.m} "
+                               f"classes per batch; the training set has {data.num_classes}")
+    if len(data) < cfg.batch_size:
+        raise FewShotError(f"batch size {cfg.batch_size} exceeds the {len(data)} training images")
+
+
+def _compare_resume(ckpt: dict, spec: dict, fingerprint: str, path: str) -> None:
+    old = ckpt.get("encoder", {})
+    diffs = []
+    for key in ("name", "in_channels", "num_classes", "embedding_dim", "kwargs"):
+        if old.get(key) != spec.get(key):
+            diffs.append(f"{key} {old.get(key)!r} (checkpoint) vs {spec.get(key)!r} (now)")
+    if ckpt.get("data_fingerprint") not in (None, fingerprint):
+        diffs.append(f"training data {ckpt.get('data_fingerprint')} vs {fingerprint}")
+    if diffs:
+        raise FewShotError("cannot resume, the checkpoint differs: " + "; ".join(diffs), path)
+
+
+# -------------------------------------------------------------------- batches
+class _Batches:
+    """The batch index lists of one epoch, identical on every rank and after a resume.
+
+    ``mperclass`` runs PML's ``MPerClassSampler`` with its module RNG seeded for the epoch (and
+    the sampler's class order reset), so the epoch's batches are a function of (seed, epoch).
+    """
+
+    def __init__(self, labels: torch.Tensor, cfg: TrainConfig):
+        self.cfg = cfg
+        self.labels = labels
+        self.n = int(labels.shape[0])
+        if cfg.sampler == "mperclass":
+            from pytorch_metric_learning.samplers import MPerClassSampler
+            self.sampler = MPerClassSampler(labels, cfg.m, batch_size=cfg.batch_size,
+                                            length_before_new_iter=max(self.n, cfg.batch_size))
+            self._classes = list(self.sampler.labels)
+
+    def __len__(self) -> int:
+        return self.n // self.cfg.batch_size if self.cfg.sampler == "random" else (
+            len(self.sampler) // self.cfg.batch_size)
+
+    def epoch(self, epoch: int) -> torch.Tensor:
+        seed = _derive_seed(self.cfg.seed, epoch, 1)
+        if self.cfg.sampler == "random":
+            g = torch.Generator().manual_seed(seed)
+            perm = torch.randperm(self.n, generator=g)
+            return perm[: len(self) * self.cfg.batch_size].view(len(self), self.cfg.batch_size)
+        from pytorch_metric_learning.utils import common_functions as c_f
+        saved = c_f.NUMPY_RANDOM
+        c_f.NUMPY_RANDOM = np.random.RandomState(seed % (2**32))
+        try:
+            self.sampler.labels = list(self._classes)
+            idx = list(iter(self.sampler))
+        finally:
+            c_f.NUMPY_RANDOM = saved
+        return torch.as_tensor(np.asarray(idx, dtype=np.int64)).view(-1, self.cfg.batch_size)
+
+
+# ---------------------------------------------------------------------- train
+def train(config: TrainConfig, data: ImageSet, val: ImageSet | None, out_dir: str | os.PathLike | None,
+          *, progress: bool = True, loss: torch.nn.Module | None = None, miner: torch.nn.Module | None = None,
+          encoder: torch.nn.Module | None = None) -> TrainResult:
+    """Train an encoder on ``data`` (the base classes), validate on ``val``, write the run to ``out_dir``.
+
+    ``loss`` / ``miner`` / ``encoder`` accept objects (any PML loss or miner, any backbone
+    module) in place of the names in ``config``. Without ``val`` a seeded ``val_fraction`` of the
+    base classes is held out (``TrainResult.held_out_classes``).
+    """
+    cfg = config
+    out_dir = Path(out_dir if out_dir is not None else cfg.out or "runs/train")
+    rank, world, local_rank = _dist_info()
+    distributed = world > 1
+    device = _resolve_device(cfg.device, local_rank)
+    if distributed and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    is_main = rank == 0
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+
+    if cfg.image_size is not None and data.image_size != (cfg.image_size, cfg.image_size):
+        data = data.resized(cfg.image_size)
+    if cfg.channels is not None:
+        data = data.with_channels(cfg.channels)
+    held_out = None
+    if val is None:
+        data, val = data.split_classes(cfg.val_fraction, seed=cfg.seed)
+        held_out = list(val.class_names)
+    base_data = data
+    if cfg.rotate_classes:
+        data = rotate_classes(data)
+    _check_config(cfg, data, world)
+    if val.num_classes < cfg.val_way:
+        raise FewShotError(f"validation has {val.num_classes} classes; {cfg.val_way}-way episodes need more")
+
+    torch.manual_seed(cfg.seed)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+    preprocess = Preprocess.fit(data.images, channels=data.channels)
+    model = build_encoder(encoder if encoder is not None else cfg.encoder, in_channels=data.channels,
+                          num_classes=data.num_classes, embedding_dim=cfg.embedding_dim,
+                          image_size=data.image_size[0],
+                          **({} if encoder is not None else dict(cfg.encoder_args)),
+                          **({"download": True} if cfg.download and encoder is None
+                             and str(cfg.encoder).startswith("resnet") and cfg.encoder != "resnet12" else {}))
+    spec = encoder_spec(model)
+    model = model.to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+
+    loss_args = parse_loss_args(cfg.loss_args)
+    loss_name = cfg.loss if loss is None else type(loss).__name__
+    if cfg.w_metric > 0:
+        metric_loss = build_loss(loss if loss is not None else cfg.loss, distance=cfg.distance,
+                                 num_classes=data.num_classes, embedding_dim=model.embedding_dim,
+                                 **loss_args).to(device)
+    else:  # pure cross-entropy ("Baseline"): no metric loss at all
+        metric_loss = torch.nn.Module()
+    is_proxy = loss is None and str(cfg.loss).lower() in PROXY_LOSSES
+    metric_miner = None
+    if not is_proxy and cfg.w_metric > 0:
+        metric_miner = build_miner(miner if miner is not None else cfg.miner, distance=cfg.distance)
+    if distributed:
+        from pytorch_metric_learning.utils.distributed import DistributedLossWrapper, DistributedMinerWrapper
+        loss_fn: torch.nn.Module = DistributedLossWrapper(metric_loss)
+        miner_fn = DistributedMinerWrapper(metric_miner) if metric_miner is not None else None
+    else:
+        loss_fn, miner_fn = metric_loss, metric_miner
+
+    params = [{"params": [p for p in model.parameters() if p.requires_grad]}]
+    loss_params = [p for p in metric_loss.parameters() if p.requires_grad]
+    if loss_params:
+        params.append({"params": loss_params})
+    if cfg.optimizer == "sgd":
+        optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0,
+                                    weight_decay=cfg.weight_decay)
+    else:
+        optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+    batches = _Batches(data.labels, cfg)
+    steps_per_epoch = len(batches)
+    total = steps_per_epoch * cfg.epochs
+    warm = int(round(cfg.warmup_epochs * steps_per_epoch))
+
+    def schedule(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    augment = Augment.from_dict(cfg.augment)
+    gen = torch.Generator(device=device)
+
+    # Fixed validation episodes, one set per shot.
+    val_sets = {shot: sample_episodes(val, EpisodeSpec(cfg.val_way, shot, cfg.val_query), cfg.val_episodes,
+                                      seed=cfg.seed, within_group=cfg.val_within_group, drop_small=True)
+                for shot in cfg.val_shots}
+    distance = distance_name(cfg.distance)
+
+    best_path, last_path = out_dir / "best.pt", out_dir / "last.pt"
+    metrics_path = out_dir / "metrics.jsonl"
+    start_epoch, start_step, best_acc = 0, 0, -1.0
+    metrics: list[dict] = []
+    run_sums = None
+    if cfg.resume:
+        rpath = last_path if cfg.resume in ("auto", "true", "True", True) else Path(cfg.resume)
+        if not rpath.exists():
+            raise FewShotError("nothing to resume: no such checkpoint", rpath)
+        ckpt = load_checkpoint(rpath, map_location="cpu")
+        _compare_resume(ckpt, spec, data.fingerprint, str(rpath))
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        if ckpt.get("loss_state"):
+            metric_loss.load_state_dict(ckpt["loss_state"])
+        start_epoch, start_step = int(ckpt["sampler"]["epoch"]), int(ckpt["sampler"]["step"])
+        best_acc = float(ckpt.get("best_accuracy", -1.0))
+        run_sums = ckpt.get("running")
+        torch.set_rng_state(ckpt["rng"]["torch"])
+        if device.type == "cuda" and ckpt["rng"].get("cuda") is not None:
+            torch.cuda.set_rng_state(ckpt["rng"]["cuda"], device)
+        gen.set_state(ckpt["rng"]["augment"].to("cpu") if device.type == "cpu" else ckpt["rng"]["augment"])
+        resume_gen_state = gen.get_state()
+        if metrics_path.exists():
+            metrics = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
+            metrics = [m for m in metrics if m["epoch"] <= start_epoch]
+    else:
+        resume_gen_state = None
+
+    if is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        doc = {**cfg.to_dict(), "resolved": {
+            "data": data.describe(), "validation": val.describe(), "num_classes": data.num_classes,
+            "held_out_classes": held_out, "world_size": world, "device": str(device),
+            "preprocess": preprocess.to_dict(), "encoder": spec, "loss": loss_name,
+            "steps_per_epoch": steps_per_epoch}}
+        (out_dir / "config.json").write_text(json.dumps(doc, indent=2, default=str) + "\n")
+        if held_out is not None and progress:
+            print(f"fewshot train: no --val given; held out {len(held_out)} of the base classes for "
+                  f"validation (seed {cfg.seed}): {', '.join(held_out[:8])}"
+                  + (f" and {len(held_out) - 8} more" if len(held_out) > 8 else ""), file=sys.stderr)
+        with open(metrics_path, "w") as fh:
+            fh.writelines(json.dumps(m) + "\n" for m in metrics)
+
+    run_model: torch.nn.Module = model
+    if distributed:
+        from torch.nn.parallel import DistributedDataParallel
+        run_model = DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.compile:
+        run_model = torch.compile(run_model)
+
+    images = data.images
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        images = images.to(device) if images.numel() < 0.25 * free else images.pin_memory()
+    labels_dev = data.labels.to(device)
+    per_rank = cfg.batch_size // world
+    check_every = 1 if device.type == "cpu" else 20
+
+    def state(epoch: int, step: int, sums: dict | None) -> dict:
+        return {
+            "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+            "encoder": spec, "preprocess": preprocess.to_dict(), "distance": distance,
+            "base_classes": list(data.class_names), "data_fingerprint": data.fingerprint,
+            "config": json.loads(json.dumps(cfg.to_dict(), default=str)),
+            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "loss_state": metric_loss.state_dict() if loss_params else None,
+            "sampler": {"kind": cfg.sampler, "epoch": epoch, "step": step, "seed": cfg.seed},
+            "rng": {"torch": torch.get_rng_state(), "augment": gen.get_state().cpu(),
+                    "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None},
+            "running": sums, "epoch": epoch, "best_accuracy": best_acc,
+            "val_accuracy": metrics[-1].get("val_accuracy") if metrics else None,
+            "hash": None, "base_mean": None,
+        }
+
+    def finalize(ckpt: dict) -> dict:
+        ckpt["hash"] = state_hash(ckpt["model"])
+        return ckpt
+
+    def validate() -> dict:
+        feats = embed_images(model, val.images, preprocess, device)
+        out = {}
+        for shot, eps in val_sets.items():
+            acc = episode_accuracy(feats, eps, distance)
+            out[f"val_{cfg.val_way}w{shot}s"] = float(acc.mean())
+            out[f"val_{cfg.val_way}w{shot}s_ci95"] = float(1.96 * acc.std() / math.sqrt(len(acc)))
+        out["val_accuracy"] = out[f"val_{cfg.val_way}w{cfg.val_shots[0]}s"]
+        return out
+
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # pragma: no cover
+        tqdm = None
+
+    epoch, step = start_epoch, start_step
+    sums = run_sums or {"loss": 0.0, "metric": 0.0, "ce": 0.0, "correct": 0.0, "seen": 0, "time": 0.0}
+    try:
+        model.train()
+        for epoch in range(start_epoch, cfg.epochs):
+            epoch_idx = batches.epoch(epoch)
+            first = start_step if epoch == start_epoch else 0
+            if epoch == start_epoch and resume_gen_state is not None and first > 0:
+                gen.set_state(resume_gen_state)
+            else:
+                gen.manual_seed(_derive_seed(cfg.seed, epoch, 2))
+                sums = {"loss": 0.0, "metric": 0.0, "ce": 0.0, "correct": 0.0, "seen": 0, "time": 0.0}
+            bar = None
+            if progress and is_main and tqdm is not None:
+                bar = tqdm(total=steps_per_epoch, initial=first, desc=f"epoch {epoch + 1}/{cfg.epochs}",
+                           leave=False, file=sys.stderr, dynamic_ncols=True)
+            t0 = time.perf_counter()
+            for step in range(first, steps_per_epoch):
+                idx = epoch_idx[step, rank * per_rank:(rank + 1) * per_rank]
+                x = images[idx.to(images.device)].to(device, non_blocking=True)
+                y = labels_dev[idx.to(device)]
+                x = preprocess.normalize(augment(preprocess.to_unit(x), gen))
+                if device.type == "cuda":
+                    x = x.contiguous(memory_format=torch.channels_last)
+                    with torch.autocast("cuda", dtype=torch.bfloat16):
+                        emb, logits = run_model(x)
+                else:
+                    emb, logits = run_model(x)
+                emb, logits = emb.float(), logits.float()
+                total_loss = emb.new_zeros(())
+                m_loss = ce_loss = emb.new_zeros(())
+                if cfg.w_metric > 0:
+                    tuples = miner_fn(emb, y) if miner_fn is not None else None
+                    m_loss = loss_fn(emb, y, tuples)
+                    total_loss = total_loss + cfg.w_metric * m_loss
+                if cfg.w_ce > 0:
+                    ce_loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+                    total_loss = total_loss + cfg.w_ce * ce_loss
+                if not cfg.w_ce > 0:
+                    total_loss = total_loss + 0.0 * logits.sum()  # every parameter takes part (DDP)
+                optimizer.zero_grad(set_to_none=True)
+                total_loss.backward()
+                if distributed and loss_params:
+                    for p in loss_params:  # identical global-batch gradients, scaled by world in the wrapper
+                        if p.grad is not None:
+                            torch.distributed.all_reduce(p.grad)
+                            p.grad /= world * world
+                if step % check_every == 0 or step == steps_per_epoch - 1:
+                    value = total_loss.detach()
+                    if distributed:
+                        value = value.clone()
+                        torch.distributed.all_reduce(value)
+                    if not torch.isfinite(value):
+                        raise FewShotError(
+                            f"loss became {float(value)} at epoch {epoch + 1} step {step + 1}; stopped, "
+                            f"the last good checkpoint {last_path} is intact (try a lower --lr)")
+                optimizer.step()
+                scheduler.step()
+                sums["loss"] += float(total_loss.detach())
+                sums["metric"] += float(m_loss.detach())
+                sums["ce"] += float(ce_loss.detach())
+                sums["correct"] += float((logits.detach().argmax(1) == y).sum())
+                sums["seen"] += int(y.shape[0]) * world
+                if bar is not None:
+                    elapsed = sums["time"] + time.perf_counter() - t0
+                    bar.set_postfix(loss=f"{sums['loss'] / (step + 1):.3f}",
+                                    img_s=f"{sums['seen'] / max(elapsed, 1e-9):.0f}", refresh=False)
+                    bar.update(1)
+            sums["time"] += time.perf_counter() - t0
+            if bar is not None:
+                bar.close()
+            step = steps_per_epoch
+            n_steps = steps_per_epoch
+            row = {"epoch": epoch + 1, "loss": sums["loss"] / n_steps,
+                   "metric_loss": sums["metric"] / n_steps, "ce_loss": sums["ce"] / n_steps,
+                   "train_acc": sums["correct"] / max(1, sums["seen"] // world),
+                   "lr": optimizer.param_groups[0]["lr"], "img_per_s": sums["seen"] / max(sums["time"], 1e-9),
+                   "epoch_time_s": sums["time"]}
+            if (epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs:
+                row.update(validate())
+            metrics.append(row)
+            improved = row.get("val_accuracy") is not None and row["val_accuracy"] > best_acc
+            if improved:
+                best_acc = row["val_accuracy"]
+            row["best"] = bool(improved)
+            if is_main:
+                ckpt = finalize(state(epoch + 1, 0, None))
+                save_checkpoint(last_path, ckpt)
+                if improved:
+                    save_checkpoint(best_path, ckpt)
+                with open(metrics_path, "a") as fh:
+                    fh.write(json.dumps(row) + "\n")
+                if progress:
+                    shown = " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
+                                     for k, v in row.items() if not k.endswith("ci95") and k != "lr")
+                    print(f"fewshot train: {shown}", file=sys.stderr)
+            resume_gen_state = None
+        # Base mean (for centred-l2 features) of the best and the last encoders.
+        if is_main:
+            last = load_checkpoint(last_path)
+            last["base_mean"] = embed_images(model, base_data.images, preprocess, device).mean(0).cpu()
+            save_checkpoint(last_path, last)
+            if best_path.exists():
+                best = load_checkpoint(best_path)
+                model.load_state_dict(best["model"])
+                best["base_mean"] = embed_images(model, base_data.images, preprocess, device).mean(0).cpu()
+                save_checkpoint(best_path, best)
+                model.load_state_dict(last["model"])
+            else:
+                save_checkpoint(best_path, last)
+    except KeyboardInterrupt:
+        if is_main and step < steps_per_epoch and epoch < cfg.epochs:
+            # The current step did not finish: resume at it (its batch is redrawn identically).
+            save_checkpoint(last_path, finalize(state(epoch, step, sums)))
+            print(f"fewshot train: interrupted; state saved to {last_path} (continue with --resume)",
+                  file=sys.stderr)
+        raise
+    finally:
+        if distributed and torch.distributed.is_initialized():
+            torch.distributed.barrier()
+    return TrainResult(out_dir, best_path, last_path, metrics, best_acc if best_acc >= 0 else None,
+                       held_out, cfg)

@@ -1,0 +1,63 @@
+import pytest
+import torch
+from torch import nn
+
+from fewshot.encoders import ENCODERS, build_encoder
+from fewshot.errors import FewShotError
+
+
+@pytest.mark.parametrize("channels,size,dim", [(1, 28, 64), (3, 84, 1600)])
+def test_conv4_shapes(channels, size, dim):
+    model = build_encoder("conv4", in_channels=channels, num_classes=7, image_size=size)
+    emb, logits = model(torch.randn(3, channels, size, size))
+    assert emb.shape == (3, dim) and logits.shape == (3, 7) and model.embedding_dim == dim
+
+
+def test_conv4_avg_pool_width_and_projection():
+    model = build_encoder("conv4", in_channels=1, num_classes=5, embedding_dim=16, width=32, pool="avg")
+    emb, logits = model(torch.randn(2, 1, 40, 40))
+    assert emb.shape == (2, 16) and logits.shape == (2, 5) and model.feature_dim == 32
+
+
+def test_resnet12_shape_and_dropblock():
+    model = build_encoder("resnet12", in_channels=3, num_classes=4, drop_rate=0.1)
+    emb, logits = model(torch.randn(2, 3, 32, 32))
+    assert emb.shape == (2, 640) and logits.shape == (2, 4)
+    torch.manual_seed(0)
+    a = model(torch.ones(1, 3, 32, 32))[0]
+    model.eval()
+    b, c = model(torch.ones(1, 3, 32, 32))[0], model(torch.ones(1, 3, 32, 32))[0]
+    assert torch.equal(b, c) and not torch.equal(a, b)  # DropBlock acts in training only
+
+
+def test_resnet18_grey_input_local_weights(tmp_path):
+    import torchvision
+    ref = torchvision.models.resnet18(weights=None)
+    path = tmp_path / "r18.pth"
+    torch.save(ref.state_dict(), path)
+    model = build_encoder("resnet18", in_channels=1, num_classes=3, embedding_dim=32, weights=path)
+    assert torch.equal(model.backbone.net.conv1.weight, ref.conv1.weight)
+    emb, logits = model(torch.randn(2, 1, 32, 32))
+    assert emb.shape == (2, 32) and logits.shape == (2, 3)
+    with pytest.raises(FewShotError, match="no such weights file"):
+        build_encoder("resnet18", in_channels=3, num_classes=3, weights=tmp_path / "missing.pth")
+
+
+def test_resnet50_builds_without_download():
+    model = build_encoder("resnet50", in_channels=3, num_classes=2, embedding_dim=64)
+    assert model.feature_dim == 2048 and model.eval()(torch.randn(1, 3, 32, 32))[0].shape == (1, 64)
+
+
+def test_unknown_encoder_lists_valid_names():
+    with pytest.raises(FewShotError) as err:
+        build_encoder("vgg", in_channels=3, num_classes=2)
+    for name in ENCODERS:
+        assert name in str(err.value)
+
+
+def test_custom_module_and_bad_channels():
+    backbone = nn.Sequential(nn.Conv2d(3, 8, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    model = build_encoder(backbone, in_channels=3, num_classes=4, image_size=16)
+    assert model.embedding_dim == 8 and model(torch.randn(2, 3, 16, 16))[1].shape == (2, 4)
+    with pytest.raises(FewShotError, match="1- or 3-channel"):
+        build_encoder("conv4", in_channels=2, num_classes=2)

@@ -1,0 +1,195 @@
+import json
+
+import pytest
+import torch
+from _train_data import digits_set
+from pytorch_metric_learning import losses
+
+from fewshot.augment import Augment
+from fewshot.checkpoint import load_checkpoint, load_encoder
+from fewshot.cli import main
+from fewshot.errors import FewShotError
+from fewshot.preprocess import Preprocess
+from fewshot.train import RECIPES, TrainConfig, load_recipe, rotate_classes, train
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _cfg(**kw):
+    base = dict(epochs=2, batch_size=16, m=4, val_way=3, val_shots=[1], val_episodes=20, val_query=5,
+                val_fraction=0.3, lr=0.05)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _weights(path):
+    return load_checkpoint(path)["model"]
+
+
+def test_train_writes_run_and_checkpoint_loads(tmp_path):
+    data = digits_set()
+    res = train(_cfg(epochs=1), data, None, tmp_path / "run", progress=False)
+    names = {p.name for p in (tmp_path / "run").iterdir()}
+    assert names >= {"config.json", "metrics.jsonl", "last.pt", "best.pt"}
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    row = json.loads(lines[0])
+    assert len(lines) == 1 and {"loss", "metric_loss", "ce_loss", "img_per_s", "val_3w1s"} <= set(row)
+    assert 0 <= res.val_accuracy <= 1 and len(res.held_out_classes) == 3
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["resolved"]["held_out_classes"] == res.held_out_classes
+    model, info = load_encoder(res.best_path)
+    assert not model.training and info["distance"] == "cosine" and len(info["hash"]) == 16
+    assert info["base_mean"].shape == (model.embedding_dim,) and len(info["base_classes"]) == 7
+    assert info["preprocess"].image_size == (16, 16)
+
+
+def test_same_seed_same_weights_and_resume_equals_uninterrupted(tmp_path, monkeypatch):
+    data, val = digits_set().split_classes(0.3, seed=0)
+    full = train(_cfg(), data, val, tmp_path / "full", progress=False)
+    again = train(_cfg(), data, val, tmp_path / "again", progress=False)
+    w_full = _weights(full.last_path)
+    assert all(torch.equal(w_full[k], v) for k, v in _weights(again.last_path).items())
+
+    # Interrupt (Ctrl-C) in the middle of epoch 2, then resume: same final weights.
+    calls = {"n": 0}
+    original = Augment.__call__
+
+    def interrupting(self, x, generator=None):
+        calls["n"] += 1
+        if calls["n"] == 8 + 5:  # 8 steps per epoch (140 images): step 5 of epoch 2
+            raise KeyboardInterrupt
+        return original(self, x, generator)
+
+    monkeypatch.setattr(Augment, "__call__", interrupting)
+    with pytest.raises(KeyboardInterrupt):
+        train(_cfg(), data, val, tmp_path / "cut", progress=False)
+    saved = load_checkpoint(tmp_path / "cut" / "last.pt")
+    assert saved["sampler"]["epoch"] == 1 and saved["sampler"]["step"] == 4
+    monkeypatch.setattr(Augment, "__call__", original)
+    resumed = train(_cfg(resume="auto"), data, val, tmp_path / "cut", progress=False)
+    w_res = _weights(resumed.last_path)
+    assert all(torch.equal(w_full[k], w_res[k]) for k in w_full)
+    assert len(resumed.metrics) == 2
+
+
+def test_resume_at_epoch_boundary_equals_uninterrupted(tmp_path, monkeypatch):
+    data, val = digits_set().split_classes(0.3, seed=0)
+    full = train(_cfg(sampler="random"), data, val, tmp_path / "full", progress=False)
+    calls = {"n": 0}
+    original = Augment.__call__
+
+    def interrupting(self, x, generator=None):
+        calls["n"] += 1
+        if calls["n"] == 9:  # first step of epoch 2: last.pt of epoch 1 stays
+            raise KeyboardInterrupt
+        return original(self, x, generator)
+
+    monkeypatch.setattr(Augment, "__call__", interrupting)
+    with pytest.raises(KeyboardInterrupt):
+        train(_cfg(sampler="random"), data, val, tmp_path / "cut", progress=False)
+    monkeypatch.setattr(Augment, "__call__", original)
+    res = train(_cfg(sampler="random", resume="auto"), data, val, tmp_path / "cut", progress=False)
+    a, b = _weights(full.last_path), _weights(res.last_path)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_refuses_other_encoder_or_class_count(tmp_path):
+    data, val = digits_set().split_classes(0.3, seed=0)
+    train(_cfg(epochs=1), data, val, tmp_path / "run", progress=False)
+    with pytest.raises(FewShotError, match="width"):
+        train(_cfg(resume="auto", encoder_args={"width": 32}), data, val, tmp_path / "run", progress=False)
+    fewer = data.select_classes(list(range(6)))
+    with pytest.raises(FewShotError, match="num_classes 7 .* vs 6"):
+        train(_cfg(resume="auto"), fewer, val, tmp_path / "run", progress=False)
+
+
+class _NaNAfter(losses.ContrastiveLoss):
+    def __init__(self, after):
+        super().__init__()
+        self.calls, self.after = 0, after
+
+    def forward(self, *args, **kw):
+        self.calls += 1
+        value = super().forward(*args, **kw)
+        return value * float("nan") if self.calls > self.after else value
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+    data, val = digits_set().split_classes(0.3, seed=0)
+    with pytest.raises(FewShotError, match="loss became nan at epoch 2 step 3"):
+        train(_cfg(), data, val, tmp_path / "run", progress=False, loss=_NaNAfter(8 + 2))
+    ckpt = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert ckpt["epoch"] == 1 and all(torch.isfinite(v).all() for v in ckpt["model"].values()
+                                      if v.is_floating_point())
+
+
+def test_proxy_loss_parameters_are_trained_and_pure_ce(tmp_path):
+    data, val = digits_set().split_classes(0.3, seed=0)
+    res = train(_cfg(epochs=1, loss="arcface", miner="none"), data, val, tmp_path / "a", progress=False)
+    ckpt = load_checkpoint(res.last_path)
+    assert ckpt["loss_state"]["W"].shape[1] == 7 and len(ckpt["optimizer"]["param_groups"]) == 2
+    res = train(_cfg(epochs=1, w_metric=0, sampler="random", distance="euclidean"), data, val,
+                tmp_path / "b", progress=False)
+    assert res.metrics[0]["metric_loss"] == 0 and load_encoder(res.best_path)[1]["distance"] == "euclidean"
+
+
+def test_bad_configs_fail_before_training(tmp_path):
+    data = digits_set()
+    with pytest.raises(FewShotError, match="not divisible by m=4"):
+        train(_cfg(batch_size=18), data, None, tmp_path, progress=False)
+    small = data.subset([i for i in range(len(data)) if not (data.labels[i] == 0 and i % 20 > 2)])
+    with pytest.raises(FewShotError, match="m=4 is larger than the smallest class ..digit0. has 3 images"):
+        train(_cfg(), small, digits_set(), tmp_path, progress=False)
+    assert not (tmp_path / "last.pt").exists()
+
+
+@pytest.mark.parametrize("argv,msg", [
+    (["--batch-size", "30"], "not divisible by m=4"),
+    (["--loss", "hinge"], "unknown loss 'hinge'; choose one of circle"),
+    (["--miner", "x"], "unknown miner"),
+    (["--encoder", "vgg"], "unknown encoder 'vgg'; choose one of conv4, resnet12"),
+    (["--recipe", "nope"], "unknown recipe 'nope'"),
+])
+def test_cli_bad_config_exits_2(tmp_path, capsys, argv, msg):
+    code = main(["train", "--data", "glyphs", "--out", str(tmp_path / "r"), *argv])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and msg in err and len(err.splitlines()) == 1
+
+
+def test_recipes_load_and_flags_override():
+    assert {"glyphs", "miniimagenet", "omniglot"} <= set(RECIPES)
+    assert load_recipe("miniimagenet")["encoder"] == "resnet12"
+    cfg = TrainConfig.resolve("glyphs", lr=0.2, augment={"degrees": 3.0}, epochs=None)
+    assert cfg.lr == 0.2 and cfg.augment["degrees"] == 3.0 and cfg.epochs == load_recipe("glyphs")["epochs"]
+    assert cfg.augment["translate"] == load_recipe("glyphs")["augment"]["translate"]
+
+
+def test_augment_seeded_batched_and_preprocess_roundtrip():
+    x = torch.rand(8, 3, 20, 20)
+    aug = Augment(degrees=20, shear=10, elastic=0.05, flip=True, brightness=0.3, contrast=0.3, saturation=0.3)
+    a = aug(x, torch.Generator().manual_seed(3))
+    b = aug(x, torch.Generator().manual_seed(3))
+    c = aug(x, torch.Generator().manual_seed(4))
+    assert a.shape == x.shape and torch.equal(a, b) and not torch.equal(a, c)
+    ident = Augment(mode="affine", degrees=0, translate=0, scale=(1, 1))
+    assert torch.allclose(ident(x, torch.Generator()), x, atol=1e-5)
+    crop = Augment(mode="crop", scale=(0.3, 1.0), flip=True)(x, torch.Generator().manual_seed(0))
+    assert crop.shape == x.shape
+    with pytest.raises(FewShotError, match="unknown augmentation options"):
+        Augment.from_dict({"blur": 1})
+    pre = Preprocess.fit((torch.rand(10, 1, 12, 12) * 255).to(torch.uint8), image_size=8, channels=3)
+    out = pre(torch.zeros(2, 1, 12, 12, dtype=torch.uint8))
+    assert out.shape == (2, 3, 8, 8) and Preprocess.from_dict(pre.to_dict()) == pre
+
+
+def test_rotate_classes_quadruples_classes():
+    data = digits_set(per_class=4)
+    rot = rotate_classes(data)
+    assert rot.num_classes == 40 and len(rot) == 4 * len(data)
+    assert torch.equal(rot.images[len(data)], torch.rot90(data.images[0], 1, (1, 2)))
