@@ -58,7 +58,11 @@ class Episodes:
         return int(self.support.shape[0])
 
     def __getitem__(self, item: slice | int) -> Episodes:
-        sl = slice(item, item + 1) if isinstance(item, int) else item
+        if isinstance(item, (int, np.integer)):
+            item = range(len(self))[item]  # negative indices too; IndexError when out of range
+            sl = slice(item, item + 1)
+        else:
+            sl = item
         return Episodes(self.support[sl], self.query[sl], self.classes[sl], self.spec, self.seed,
                         self.within_group)
 

@@ -328,7 +328,9 @@ def load_grid_data(grid: Grid):
     """Training set and evaluation sets of a grid (each loaded once, through DATA's ``load_data``)."""
     from episodes import load_data
 
-    train_data = load_data(grid.data, grid.split)
+    fixed = {**load_recipe_safe(grid.recipe), **grid.train}
+    train_data = load_data(grid.data, grid.split, image_size=fixed.get("image_size"),
+                           channels=fixed.get("channels"))
     sets = {s.name: load_data(s.data, s.split) for s in grid.eval_sets}
     return train_data, sets
 
@@ -367,7 +369,7 @@ def episodic_config(grid: Grid, factors: dict, seed: int):
     cfg: dict = {}
     base = dict(load_recipe_safe(grid.recipe))
     base.update(grid.train)
-    for key in ("encoder", "embedding_dim", "epochs", "lr", "image_size", "channels"):
+    for key in ("encoder", "embedding_dim", "image_size", "channels"):  # same network and input
         if key in base and key in EpisodicConfig.__dataclass_fields__:
             cfg[key] = base[key]
     if isinstance(base.get("augment"), dict):

@@ -54,6 +54,13 @@ def test_episode_invariants(n_classes, per_class, way, shot, query, count, seed,
     assert torch.equal(again.support, eps.support) and torch.equal(again.query, eps.query)
 
 
+def test_episodes_indexing():
+    eps = sample_episodes(make_set([10] * 6), EpisodeSpec(3, 1, 2), 5, seed=0)
+    assert torch.equal(eps[-1].support, eps.support[4:5]) and len(eps[1:3]) == 2
+    with pytest.raises(IndexError):
+        eps[5]
+
+
 def test_sampling_is_uniform_enough():
     data = make_set([20] * 10)
     eps = sample_episodes(data, EpisodeSpec(5, 1, 1), 4000, seed=1)
