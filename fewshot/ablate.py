@@ -256,7 +256,7 @@ def grid_from_dict(doc: dict, *, source: str | None = None) -> Grid:
             description=str(doc.get("description", "")),
             data=str(doc.get("data", "glyphs")),
             split=doc.get("split", "base"),
-            recipe=doc.get("recipe"),
+            recipe=doc["recipe"] if "recipe" in doc else _default_recipe(str(doc.get("data", "glyphs"))),
             factors=dict(factors),
             seeds=list(seeds),
             eval_sets=sets,
@@ -270,6 +270,14 @@ def grid_from_dict(doc: dict, *, source: str | None = None) -> Grid:
         if where and exc.path is None:
             raise FewShotError(exc.cause, where) from None
         raise
+
+
+def _default_recipe(spec: str) -> str | None:
+    """TRAIN's recipe named after the data kind (``glyphs``, ``omniglot``, ...), as compare does."""
+    from .train import RECIPES
+
+    kind = spec.split(":", 1)[0].split("?", 1)[0].lower()
+    return kind if kind in RECIPES else None
 
 
 def load_grid(path: str | os.PathLike) -> Grid:
@@ -512,10 +520,11 @@ def run_ablation(grid: Grid, out_dir: str | os.PathLike, *, progress: bool = Tru
         done_marker = run_dir / "trained.json"
         t0 = time.perf_counter()
         if done_marker.exists():  # trained before a kill during scoring: reuse the checkpoint
-            checkpoint = Path(json.loads(done_marker.read_text())["checkpoint"])
+            saved = Path(json.loads(done_marker.read_text())["checkpoint"])
+            checkpoint = run_dir / saved if (run_dir / saved).exists() else saved
         else:
             checkpoint = train_cell(grid, cell, seed, train_data, run_dir, progress=progress)
-            _atomic_write_text(done_marker, json.dumps({"checkpoint": os.fspath(checkpoint)}))
+            _atomic_write_text(done_marker, json.dumps({"checkpoint": os.path.relpath(checkpoint, run_dir)}))
             trained += 1
         t1 = time.perf_counter()
         records = score_checkpoint(checkpoint, grid, sets, manifests, progress=progress)
@@ -611,9 +620,10 @@ def summarize(grid: Grid, doc: dict) -> dict:
         for rb in rows[i + 1:]:
             if ra["set"] != rb["set"]:
                 continue
-            keys = set(ra["factors"]) | set(rb["factors"])
-            diff = [k for k in keys if ra["factors"].get(k) != rb["factors"].get(k)]
-            if len(diff) != 1 or diff[0] not in factor_names:
+            fa_, fb_ = ra["factors"], rb["factors"]
+            diff = [k for k in set(fa_) & set(fb_) if fa_[k] != fb_[k]]
+            one_sided = set(fa_) ^ set(fb_)   # factors of one training mode only (loss, episodic_head, ...)
+            if len(diff) != 1 or diff[0] not in factor_names or (one_sided and diff[0] != "mode"):
                 continue
             fa = table[(ra["cell"], ra["set"], ra["factors"]["transform"], ra["factors"]["head"],
                         ra["factors"]["shot"])]
@@ -623,7 +633,7 @@ def summarize(grid: Grid, doc: dict) -> dict:
             if res is None:
                 continue
             factor = diff[0]
-            same = {k: v for k, v in ra["factors"].items() if k != factor and k in grid.varying}
+            same = {k: v for k, v in {**fb_, **fa_}.items() if k != factor and k in grid.varying}
             comparisons.append({"set": ra["set"], "factor": factor, "a": ra["factors"].get(factor),
                                 "b": rb["factors"].get(factor), "context": same, **res})
     rank = {f: i for i, f in enumerate(FACTORS)}
@@ -746,23 +756,33 @@ def plot_summary(grid: Grid, summary: dict, out_dir: Path) -> list[Path]:
         means = per_seed.mean(0)
         return float(means.mean()), _seed_ci(means)
 
-    fig, axes = plt.subplots(1, len(set_names), figsize=(5 * len(set_names), 4), squeeze=False)
+    fig, axes = plt.subplots(1, len(set_names), figsize=(max(6.5, 5.5 * len(set_names)), 4.5), squeeze=False)
     shots = sorted(grid.factors["shot"])
+    cells = grid.cells()
+    # one line per head; per head and training cell when there are a few cells (else their mean)
+    per_cell = 1 < len(cells) <= 4
+    styles = ["-", "--", ":", "-."]
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for ax, set_name in zip(axes[0], set_names):
-        for head in grid.factors["head"]:
-            stats = [marginal(set_name, head=head, shot=k) for k in shots]
-            m = np.array([s[0] for s in stats]) * 100
-            ci = np.nan_to_num(np.array([s[1] for s in stats]) * 100)
-            ax.errorbar(shots, m, yerr=ci, marker="o", capsize=3, label=head)
+        for hi, head in enumerate(grid.factors["head"]):
+            for ci_, cell in enumerate(cells if per_cell else [None]):
+                where = {"head": head} if cell is None else {"head": head, **cell.factors}
+                stats = [marginal(set_name, shot=k, **where) for k in shots]
+                m = np.array([s[0] for s in stats]) * 100
+                ci = np.nan_to_num(np.array([s[1] for s in stats]) * 100)
+                label = head if cell is None else f"{head} | {cell.label()}"
+                ax.errorbar(shots, m, yerr=ci, marker="o", capsize=3, label=label,
+                            color=colors[hi % len(colors)], linestyle=styles[ci_ % len(styles)])
         ax.set_xscale("log")
+        ax.minorticks_off()
         ax.set_xticks(shots)
         ax.set_xticklabels([str(s) for s in shots])
         ax.set_xlabel("shots")
         ax.set_ylabel(f"{grid.way}-way accuracy (%)")
         ax.set_title(set_name)
         ax.grid(alpha=0.3)
-        ax.legend()
-    fig.suptitle(f"{grid.name}: accuracy vs shot (mean over seeds ± 95% CI)")
+        ax.legend(fontsize=7)
+    fig.suptitle(f"{grid.name}\naccuracy vs shot (mean over seeds ± 95% CI)", fontsize=10)
     fig.tight_layout()
     path = out_dir / "accuracy_vs_shot.png"
     fig.savefig(path, dpi=110)
@@ -785,7 +805,7 @@ def plot_summary(grid: Grid, summary: dict, out_dir: Path) -> list[Path]:
         ax.set_xticks(np.arange(len(groups)))
         ax.set_xticklabels([f"{s}\n{k}-shot" for s, k in groups])
         ax.set_ylabel(f"{grid.way}-way accuracy (%)")
-        ax.set_title(f"{grid.name}: {factor} (mean over the other factors and seeds ± 95% CI)", fontsize=9)
+        ax.set_title(f"{grid.name}: {factor}\n(mean over the other factors and seeds ± 95% CI)", fontsize=9)
         ax.legend(title=factor, fontsize=8)
         ax.grid(axis="y", alpha=0.3)
         lo = np.nanmin([r["mean"] for r in rows]) * 100

@@ -50,6 +50,7 @@ from .classifier import (
 )
 from .errors import FewShotError
 from .heads.ls import DEFAULT_GRID, loo_select
+from .inference import threads
 from .preprocess import Preprocess
 
 __all__ = ["adapt", "update", "AdaptReport", "list_support_folder", "head_from_results", "gcv_select",
@@ -331,7 +332,7 @@ def adapt(encoder_or_checkpoint: str | os.PathLike | dict | nn.Module, support, 
           results: str | os.PathLike | None = None, transform: str | None = None, lam: float | None = None,
           labels=None, class_names: Sequence[str] | None = None, preprocess: Preprocess | None = None,
           reference: bool = False, strict: bool = False, batch_size: int = 256, device: str = "cpu",
-          progress: bool = False) -> FewShotClassifier:
+          progress: bool = False, int8: bool = False) -> FewShotClassifier:
     """A classifier for the classes of ``support``, from a trained encoder, without training.
 
     Args:
@@ -346,6 +347,8 @@ def adapt(encoder_or_checkpoint: str | os.PathLike | dict | nn.Module, support, 
         lam: fixed ridge λ instead of the leave-one-out choice.
         reference: store the checkpoint's path and hash instead of its weights.
         strict: unreadable files are errors instead of warnings.
+        int8: predict with a static int8 encoder calibrated on the support images (CPU; opt-in,
+            see :meth:`FewShotClassifier.quantize`). The head is fitted on float32 features.
 
     The result's ``.report`` (:class:`AdaptReport`) holds per-class counts and the LOO estimate.
     """
@@ -374,12 +377,15 @@ def adapt(encoder_or_checkpoint: str | os.PathLike | dict | nn.Module, support, 
     clf = FewShotClassifier(encoder, preprocess, _placeholder(len(names)), names, transform=transform,
                             base_mean=info.get("base_mean"), source=source)
     z = clf.embed(images, batch_size=batch_size, progress=progress)
-    state = _fit_head(head, z, y, len(names), distance, lam)
-    loo_correct, loo_total, temperature = _estimate(state, z, y)
+    with threads(1):  # small dense linear algebra: see fewshot.inference.threads
+        state = _fit_head(head, z, y, len(names), distance, lam)
+        loo_correct, loo_total, temperature = _estimate(state, z, y)
     clf.head = state
     clf.temperature = temperature if temperature is not None else 1.0
     clf.report = AdaptReport(head, names, counts.tolist(), counts.tolist(), loo_correct, loo_total,
                              clf.temperature, getattr(state, "lam", None), transform, skipped)
+    if int8:
+        clf.quantize(images)
     return clf
 
 
@@ -410,21 +416,22 @@ def update(classifier: FewShotClassifier, more_support, *, lam: float | None = N
         raise FewShotError("no new support images to add")
     k = len(all_names)
     z = classifier.embed(images, batch_size=batch_size, progress=progress)
-    old = classifier.head
-    old_n = len(old.labels) if isinstance(old, NeighbourState) else 0
-    if isinstance(old, RidgeState):
-        merged = old.merged(z, y, k)
-        chosen = lam if lam is not None else gcv_select(merged)[0]
-        if chosen != merged.lam:
-            merged = RidgeState(merged.xtx, merged.xsum, merged.xty, merged.counts, chosen)
-    else:
-        merged = old.merged(z, y, k)
-    if isinstance(merged, NeighbourState):
-        loo_correct, loo_total, temperature = _estimate(merged, merged.features, merged.labels)
-        scope = "all support images"
-    else:
-        loo_correct, loo_total, temperature = _estimate(merged, z, y)
-        scope = "the images added by this update"
+    with threads(1):  # small dense linear algebra: see fewshot.inference.threads
+        old = classifier.head
+        old_n = len(old.labels) if isinstance(old, NeighbourState) else 0
+        if isinstance(old, RidgeState):
+            merged = old.merged(z, y, k)
+            chosen = lam if lam is not None else gcv_select(merged)[0]
+            if chosen != merged.lam:
+                merged = RidgeState(merged.xtx, merged.xsum, merged.xty, merged.counts, chosen)
+        else:
+            merged = old.merged(z, y, k)
+        if isinstance(merged, NeighbourState):
+            loo_correct, loo_total, temperature = _estimate(merged, merged.features, merged.labels)
+            scope = "all support images"
+        else:
+            loo_correct, loo_total, temperature = _estimate(merged, z, y)
+            scope = "the images added by this update"
     if temperature is None or (sum(loo_total) < 10 and old_n == 0):
         temperature = classifier.temperature
     clf = FewShotClassifier(classifier.encoder, classifier.preprocess, merged, all_names,

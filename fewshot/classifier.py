@@ -30,6 +30,7 @@ from torch import nn
 from .errors import FewShotError
 from .heads.nn import FittedNN
 from .heads.proto import FittedProto
+from .inference import inference_model
 from .preprocess import Preprocess
 
 __all__ = ["FORMAT", "VERSION", "HEAD_KINDS", "FewShotClassifier", "Predictions", "ProtoState",
@@ -355,6 +356,33 @@ class FewShotClassifier(nn.Module):
         # how the encoder is stored: {"checkpoint": dict} or {"reference": {"path", "hash"}}
         self.source = dict(source or {})
         self.report = report
+        self.int8_calibration: torch.Tensor | None = None   # uint8 images the int8 encoder was calibrated on
+        self._int8: nn.Module | None = None
+
+    # ------------------------------------------------------------- int8
+    def quantize(self, calibration: torch.Tensor, max_images: int = 64) -> FewShotClassifier:
+        """Use a static int8 encoder (CPU, :func:`fewshot.inference.quantize_int8`) for prediction,
+        calibrated on up to ``max_images`` uint8 images (``adapt(..., int8=True)`` uses the support
+        set). Opt-in: predictions can differ from float32 on borderline images; ``save`` keeps the
+        calibration images so a loaded classifier is quantised the same way. Returns ``self``."""
+        from .inference import quantize_int8
+
+        if self._device().type != "cpu":
+            raise FewShotError("int8 inference runs on the CPU only")
+        calibration = self.check_images(calibration)
+        if calibration.dtype != torch.uint8:
+            raise FewShotError("int8 calibration images must be uint8 [N, C, H, W]")
+        step = max(1, calibration.shape[0] // max_images)
+        calibration = calibration[::step][:max_images].cpu()
+        # kept at the encoder's size and channels (what the file stores), as uint8
+        calibration = (self.preprocess.to_unit(calibration) * 255).round().to(torch.uint8).contiguous()
+        self._int8 = quantize_int8(self.encoder, self.preprocess(calibration))
+        self.int8_calibration = calibration
+        return self
+
+    @property
+    def int8(self) -> bool:
+        return self._int8 is not None
 
     @property
     def num_classes(self) -> int:
@@ -378,10 +406,18 @@ class FewShotClassifier(nn.Module):
         return images
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
-        """Transformed embeddings ``[B, D]`` (what the head sees)."""
+        """Transformed embeddings ``[B, D]`` (what the head sees). Without gradients (``embed``,
+        ``predict``, ``torch.no_grad()``) the encoder runs through
+        :func:`fewshot.inference.inference_model`."""
         images = self.check_images(images).to(self._device())
-        z = self.encoder(self.preprocess(images))
-        z = z[0] if isinstance(z, (tuple, list)) else z
+        x = self.preprocess(images)
+        if torch.is_grad_enabled():  # differentiable: the encoder itself
+            z = self.encoder(x)
+            z = z[0] if isinstance(z, (tuple, list)) else z
+        elif self._int8 is not None:  # opt-in static int8 encoder (see quantize)
+            z = self._int8(x.cpu()).to(x.device)
+        else:  # the inference fast path (conv+BN folded, channels_last), shared with features.embed
+            z = inference_model(self.encoder, self._device())(x)
         return feature_transform(z.flatten(1), self.transform, self.base_mean)
 
     def embed(self, images: torch.Tensor, batch_size: int = 256, progress: bool = False) -> torch.Tensor:
@@ -447,6 +483,7 @@ class FewShotClassifier(nn.Module):
             "head": {"kind": self.head.kind, **self.head.state()},
             "class_names": list(self.class_names),
             "temperature": self.temperature,
+            **({"int8_calibration": self.int8_calibration} if self.int8_calibration is not None else {}),
         }
 
     def save(self, path: str | os.PathLike) -> Path:
@@ -474,7 +511,7 @@ class FewShotClassifier(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"head={self.head.kind}, classes={self.num_classes}, transform={self.transform}, "
-                f"temperature={self.temperature:.4g}")
+                f"temperature={self.temperature:.4g}, int8={self.int8}")
 
 
 # ------------------------------------------------------------------ hashing
@@ -569,6 +606,8 @@ def load_classifier(path: str | os.PathLike, *, device: str = "cpu") -> FewShotC
                                 transform=payload["transform"],
                                 base_mean=payload["base_mean"], temperature=payload["temperature"],
                                 source=payload["encoder"])
+        if payload.get("int8_calibration") is not None:
+            clf.quantize(payload["int8_calibration"])
     except FewShotError as exc:
         if exc.path is None:
             raise FewShotError(exc.cause, path) from None

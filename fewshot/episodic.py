@@ -57,7 +57,7 @@ class EpisodicConfig:
         image_size, channels: network input; ``None`` keeps the data's.
         val_fraction: share of the base classes held out for validation when no ``val`` set is given
             (the same seeded split as TRAIN's ``train``; 0 trains on all classes, keeps the last epoch).
-        seed, device: reproducibility and placement.
+        seed, device: reproducibility and placement (``auto``: CUDA when available, else CPU).
     """
 
     encoder: str = "conv4"
@@ -80,7 +80,7 @@ class EpisodicConfig:
     channels: int | None = None
     val_fraction: float = 0.2
     seed: int = 0
-    device: str = "cpu"
+    device: str = "auto"
 
     def __post_init__(self) -> None:
         if self.head not in EPISODIC_HEADS:
@@ -179,7 +179,8 @@ def train_episodic(config: EpisodicConfig | dict, data: ImageSet, val: ImageSet 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
-    device = torch.device(cfg.device)
+    auto = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(auto if cfg.device == "auto" else cfg.device)
     channels = cfg.channels or data.channels
     size = cfg.image_size or data.image_size[0]
     preprocess = Preprocess.fit(data.images, image_size=size, channels=channels)

@@ -2,8 +2,11 @@
 
 Embed the split once (cached), transform the features, draw the episodes once per shot (or load
 them from manifests, or take fixed ones such as the Omniglot challenge runs), then process the
-episodes in chunks: gather ``support [E,S,D]`` / ``query [E,Q,D]`` for a chunk and run every head
-on the whole chunk at once. Per-episode accuracies feed the statistics (:mod:`fewshot.stats`) and
+episodes in chunks: gather the support and query rows of a chunk once (``[E, S+Q, D]``), compute
+their inner products with the support rows once (:class:`~fewshot.heads.batch.EpisodeBatch`, one
+float32 matmul), and let every head score the whole chunk from them (heads with a
+``score_batch`` method; any other head is fitted on the support and called on the query).
+Per-episode accuracies feed the statistics (:mod:`fewshot.stats`) and
 the report (:mod:`fewshot.report`).
 """
 
@@ -30,9 +33,14 @@ from .features import _load_encoder, best_device, check_finite, default_transfor
 from .features import transform as apply_transform
 from .heads import Head, get_head
 from .heads.base import check_distance
+from .heads.batch import EpisodeBatch, centred_features
+from .inference import threads as limit_threads
 
 DEFAULT_HEADS = ("proto", "nn", "ls", "ls-mlp", "logreg")
-CHUNK_BYTES = 1 << 28  # gathered support+query floats per chunk (256 MiB)
+# Gathered support+query features per chunk. Small enough that the chunk's rows stay in cache
+# between the gather, the centring and the shared matmul; large enough to amortise the per-chunk
+# Python overhead of the heads (see benchmarks/eval_throughput.py --tune-chunks).
+CHUNK_BYTES = 1 << 26
 
 
 def build_heads(heads: Sequence[str | Any] | str, distance: str | None = None) -> list[Head]:
@@ -62,35 +70,87 @@ def _split_heads(text: str) -> list[str]:
 
 
 def _chunk_size(e: int, per_episode_rows: int, dim: int) -> int:
-    return max(1, min(e, CHUNK_BYTES // max(1, per_episode_rows * max(dim, 1024) * 8)))
+    return max(1, min(e, CHUNK_BYTES // max(1, per_episode_rows * dim * 4)))
+
+
+def batched(head: Head) -> bool:
+    """Whether a head scores from the shared inner products (``score_batch``)."""
+    return callable(getattr(head, "score_batch", None)) and bool(getattr(head, "batched", True))
+
+
+def score_chunk(rows: torch.Tensor, n_support: int, support_labels: torch.Tensor, way: int,
+                heads: Sequence[Head], *, origin: torch.Tensor | None = None,
+                origin_proj: torch.Tensor | None = None, raw: torch.Tensor | None = None,
+                row_sq: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """Logits ``[E,Q,way]`` of every head on one chunk of gathered episodes ``rows [E, S+Q, D]``
+    (support rows first): heads with ``score_batch`` share one :class:`EpisodeBatch`; the others
+    are fitted on the support and called on the query (of ``raw`` when the rows are given relative
+    to ``origin``, see :class:`EpisodeBatch`). Without ``origin`` the rows are raw features and
+    are centred per episode here."""
+    if origin is None:
+        batch = EpisodeBatch.centred(rows, n_support)
+    else:
+        batch = EpisodeBatch(rows, n_support, origin=origin, origin_proj=origin_proj, raw=raw, row_sq=row_sq)
+    out = {}
+    for head in heads:
+        if batched(head):
+            out[head.name] = head.score_batch(batch, support_labels, way)
+        else:
+            out[head.name] = head.fit(batch.support, support_labels, way)(batch.query)
+    return out
 
 
 def score_episodes(features: torch.Tensor, episodes: Episodes, heads: Sequence[Head], *,
-                   chunk_size: int | None = None, progress: bool = False) -> dict[str, np.ndarray]:
+                   chunk_size: int | None = None, progress: bool = False,
+                   threads: int | None = 1) -> dict[str, np.ndarray]:
     """Accuracy of every head on every episode: ``{head name: float64 [E]}``.
 
-    Episodes are processed ``chunk_size`` at a time (default: as many as fit 256 MiB of gathered
-    features); each head fits and scores a whole chunk in one batched call.
+    Episodes are processed ``chunk_size`` at a time (default: as many as fit ``CHUNK_BYTES`` of
+    gathered features); the support and query rows of a chunk are gathered once and every head
+    scores the whole chunk in one batched call (:func:`score_chunk`). ``threads``: intra-op
+    threads for the heads (default 1: their work is many small batched ops, where thread
+    synchronisation costs more than it saves, up to 10x more on a busy machine; None keeps
+    torch's setting). The embedding pass is not affected.
     """
     from tqdm.auto import tqdm
 
     e = len(episodes)
     way, shot, q = episodes.spec.way, episodes.support.shape[2], episodes.query.shape[2]
+    n_support = way * shot
     chunk = chunk_size or _chunk_size(e, way * (shot + q), features.shape[-1])
     out = {h.name: np.empty(e, dtype=np.float64) for h in heads}
     bar = tqdm(total=e * len(heads), desc=f"{way}-way {shot}-shot", unit="ep", disable=not progress,
                leave=False)
-    with torch.no_grad():
+    index = torch.cat([episodes.support.reshape(e, -1), episodes.query.reshape(e, -1)], 1).to(features.device)
+    rows_per_ep = index.shape[1]
+    sy_all, qy_all = episodes.labels()
+    if not features.is_floating_point():
+        features = features.float()
+    d = features.shape[-1]
+    centred, mu, proj, row_sq = centred_features(features)
+    # reused by every chunk (allocating tens of MB per chunk costs more in page faults than the work)
+    buf = torch.empty(min(chunk, e) * rows_per_ep, d, dtype=features.dtype, device=features.device)
+    raw_buf = None if all(batched(h) for h in heads) else torch.empty_like(buf)
+    with torch.no_grad(), limit_threads(threads):
         for start in range(0, e, chunk):
-            s, sy, qx, qy = episodes[start:start + chunk].gather(features)
+            stop = min(e, start + chunk)
+            n = stop - start
+            idx = index[start:stop].reshape(-1)
+            rows = torch.index_select(centred, 0, idx, out=buf[:n * rows_per_ep]).view(n, rows_per_ep, d)
+            raw = None if raw_buf is None else torch.index_select(
+                features, 0, idx, out=raw_buf[:n * rows_per_ep]).view(n, rows_per_ep, d)
+            sy, qy = sy_all[start:stop].to(features.device), qy_all[start:stop].to(features.device)
+            logits = score_chunk(rows, n_support, sy, way, heads, origin=mu,
+                                 origin_proj=proj[idx].view(n, rows_per_ep), raw=raw,
+                                 row_sq=row_sq[idx].view(n, rows_per_ep))
             for head in heads:
-                logits = head.fit(s, sy, way)(qx)
-                if logits.shape != (*qy.shape, way):
-                    raise FewShotError(f"head {head.name} returned logits {tuple(logits.shape)}, "
+                lg = logits[head.name]
+                if lg.shape != (*qy.shape, way):
+                    raise FewShotError(f"head {head.name} returned logits {tuple(lg.shape)}, "
                                        f"expected {(*qy.shape, way)}")
-                acc = (logits.argmax(-1) == qy.to(logits.device)).double().mean(-1)
-                out[head.name][start:start + len(s)] = acc.cpu().numpy()
-                bar.update(len(s))
+                acc = (lg.argmax(-1) == qy.to(lg.device)).double().mean(-1)
+                out[head.name][start:stop] = acc.cpu().numpy()
+                bar.update(stop - start)
     bar.close()
     return out
 

@@ -49,6 +49,21 @@ def _embedding_of(out: Any) -> torch.Tensor:
     return out
 
 
+def _probe(model: torch.nn.Module, fast: torch.nn.Module, x: torch.Tensor) -> None:
+    """Refuse a model whose output is not ``(embedding [B, D], ...)`` / ``[B, D]``: one image
+    through the model itself in eval mode (its prepared copy when it lives on another device)."""
+    on_device = next(iter(model.parameters()), x).device == x.device
+    if not on_device:
+        _embedding_of(fast(x))
+        return
+    was_training = model.training
+    model.eval()
+    try:
+        _embedding_of(model(x))
+    finally:
+        model.train(was_training)
+
+
 def embed(model: torch.nn.Module, images: ImageSet | torch.Tensor, preprocess: Callable | None, *,
           device: str | torch.device | None = None, batch_size: int = 256,
           progress: bool = True) -> torch.Tensor:
@@ -56,9 +71,11 @@ def embed(model: torch.nn.Module, images: ImageSet | torch.Tensor, preprocess: C
 
     ``images``: an :class:`~episodes.ImageSet` or uint8 ``[N,C,H,W]``. ``preprocess`` maps a uint8
     batch (already on the device) to the model's normalised float input, converting channels and
-    size (``fewshot.preprocess.Preprocess``); ``None`` scales to [0, 1]. The model is moved to the
-    device and put in eval mode; runs under ``torch.inference_mode`` and, on CUDA, bf16 autocast.
-    Non-finite embeddings raise :class:`FewShotError`.
+    size (``fewshot.preprocess.Preprocess``); ``None`` scales to [0, 1]. Runs an eval-mode copy of
+    the model prepared for inference on the device (:func:`fewshot.inference.inference_model`:
+    conv+BN folded, channels_last; the model itself is not modified) under
+    ``torch.inference_mode`` and, on CUDA, bf16 autocast. Non-finite embeddings raise
+    :class:`FewShotError`.
     """
     x_all = images.images if isinstance(images, ImageSet) else images
     if not isinstance(x_all, torch.Tensor) or x_all.dtype != torch.uint8 or x_all.dim() != 4:
@@ -66,7 +83,9 @@ def embed(model: torch.nn.Module, images: ImageSet | torch.Tensor, preprocess: C
     if batch_size < 1:
         raise FewShotError(f"batch size must be positive, got {batch_size}")
     dev = best_device(device)
-    model = model.to(dev).eval()
+    from .inference import inference_model
+
+    fast = inference_model(model, dev)
     prep = preprocess or _default_preprocess
     n = x_all.shape[0]
     chunks: list[torch.Tensor] = []
@@ -76,7 +95,10 @@ def embed(model: torch.nn.Module, images: ImageSet | torch.Tensor, preprocess: C
     with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=dev.type == "cuda"):
         for start in range(0, n, batch_size):
             batch = x_all[start:start + batch_size].to(dev, non_blocking=True)
-            emb = _embedding_of(model(prep(batch)))
+            x = prep(batch)
+            if start == 0:
+                _probe(model, fast.module, x[:1])
+            emb = fast(x)
             chunks.append(emb.float().cpu())
             bar.update(batch.shape[0])
     bar.close()

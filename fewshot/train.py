@@ -41,7 +41,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 __all__ = ["TrainConfig", "TrainResult", "load_recipe", "RECIPES", "train", "rotate_classes",
-           "episode_accuracy", "embed_images"]
+           "synthetic_classes", "episode_accuracy", "embed_images", "embed_tta"]
 
 RECIPE_DIR = Path(__file__).resolve().parent / "recipes"
 RECIPES = sorted(p.stem for p in RECIPE_DIR.glob("*.toml"))
@@ -78,6 +78,9 @@ class TrainConfig:
     m: int = 4
     batch_size: int = 64
     rotate_classes: bool = False
+    extra_synthetic_classes: int = 0
+    synthetic_per_class: int = 20
+    synthetic_thin: float = 3.0
     augment: dict = field(default_factory=dict)
     # optimisation
     optimizer: str = "sgd"
@@ -98,6 +101,8 @@ class TrainConfig:
     val_episodes: int = 500
     val_within_group: bool = False
     val_fraction: float = 0.2
+    val_tta: int = 1
+    val_tta_augment: dict = field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
@@ -117,7 +122,7 @@ class TrainConfig:
         for key, value in overrides.items():
             if value is None:
                 continue
-            if key in ("augment", "encoder_args", "loss_args") and isinstance(value, dict):
+            if key in ("augment", "encoder_args", "loss_args", "val_tta_augment") and isinstance(value, dict):
                 base[key] = {**base.get(key, {}), **value}
             else:
                 base[key] = value
@@ -173,6 +178,38 @@ def rotate_classes(data: ImageSet) -> ImageSet:
     return ImageSet.concat(parts, name=f"{data.name} x4 rotations")
 
 
+def synthetic_classes(num_classes: int, like: ImageSet, *, per_class: int = 20, seed: int = 0,
+                      thin: float = 3.0) -> ImageSet:
+    """Procedural glyph classes (:func:`episodes.readers.glyphs.make_glyphs`) shaped like ``like``.
+
+    Co-training on thousands of generated handwriting-like characters gives the metric loss and the
+    classifier far more classes than a small base set holds (136 for minimal Omniglot), with no
+    download and no validation data. The glyphs are rendered at twice the side, their ink raised to
+    the power ``thin`` (a Gaussian pen profile narrows by ``sqrt(thin)``: Omniglot-like thin strokes;
+    1 = as generated) and downsampled to ``like``'s size and channel count. Classes are named
+    ``synthetic/alphabetAA/charCC`` in groups ``synthetic/alphabetAA``; the seed is offset from the
+    training seed so the glyphs never coincide with the ``glyphs`` data set of the same seed.
+    """
+    from episodes.readers.glyphs import make_glyphs
+
+    if num_classes < 1 or per_class < 1:
+        raise FewShotError(f"extra synthetic classes need positive counts, got {num_classes} x {per_class}")
+    if thin <= 0:
+        raise FewShotError(f"synthetic_thin must be > 0, got {thin}")
+    h, w = like.image_size
+    glyphs = make_glyphs(num_classes, per_class, size=2 * max(h, w), seed=_derive_seed(seed, 7919))
+    x = glyphs.images.float().div_(255).pow_(thin)
+    x = F.interpolate(x, size=(h, w), mode="bilinear", antialias=True, align_corners=False)
+    x = x / x.amax(dim=(1, 2, 3), keepdim=True).clamp_min(1e-3)
+    images = (x * 255).round_().clamp_(0, 255).to(torch.uint8)
+    tag = "synthetic/"
+    out = ImageSet(images, glyphs.labels, [tag + n for n in glyphs.class_names],
+                   [tag + i for i in glyphs.ids],
+                   [tag + g for g in glyphs.groups] if glyphs.groups is not None else None,
+                   f"{num_classes} synthetic glyph classes")
+    return out.with_channels(like.channels)
+
+
 def _derive_seed(*parts: int) -> int:
     return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
 
@@ -207,8 +244,8 @@ def embed_images(model: torch.nn.Module, images: torch.Tensor, preprocess: Prepr
     out = []
     for start in range(0, images.shape[0], batch_size):
         x = preprocess(images[start:start + batch_size].to(device, non_blocking=True))
+        x = x.contiguous(memory_format=torch.channels_last)
         if device.type == "cuda":
-            x = x.contiguous(memory_format=torch.channels_last)
             with torch.autocast("cuda", dtype=torch.bfloat16):
                 emb = model(x)[0]
         else:
@@ -216,6 +253,47 @@ def embed_images(model: torch.nn.Module, images: torch.Tensor, preprocess: Prepr
         out.append(emb.float())
     model.train(was_training)
     return torch.cat(out) if out else torch.empty(0)
+
+
+TTA_AUGMENT = {"mode": "affine", "degrees": 10.0, "translate": 0.05, "scale": [0.9, 1.1], "shear": 5.0}
+
+
+@torch.no_grad()
+def embed_tta(model: torch.nn.Module, images: torch.Tensor, preprocess: Preprocess, device: torch.device,
+              views: int, augment: Augment | dict | None = None, *, seed: int = 0,
+              normalize: bool = True, batch_size: int = 512) -> torch.Tensor:
+    """Test-time augmentation: the mean embedding ``[N, D]`` of ``views`` versions of every image.
+
+    View 0 is the image itself; the others are seeded random draws of ``augment`` (default
+    :data:`TTA_AUGMENT`: mild rotation, shift, scale and shear), so the same seed gives the same
+    features. With ``normalize`` (cosine distance) the unit-length embeddings are averaged. Each
+    image, support or query, is embedded on its own: no information passes between images, so
+    1-shot stays 1-shot. ``views=1`` is plain :func:`embed_images`.
+    """
+    if views < 1:
+        raise FewShotError(f"val_tta must be a positive number of views, got {views}")
+    aug = augment if isinstance(augment, Augment) else Augment.from_dict(
+        {**TTA_AUGMENT, **(augment or {})})
+    gen = torch.Generator(device=device)
+    gen.manual_seed(_derive_seed(seed, 3))
+    was_training = model.training
+    model.eval()
+    total = None
+    for view in range(views):
+        out = []
+        for start in range(0, images.shape[0], batch_size):
+            x = preprocess.to_unit(images[start:start + batch_size].to(device, non_blocking=True))
+            x = preprocess.normalize(aug(x, gen) if view else x).contiguous(memory_format=torch.channels_last)
+            if device.type == "cuda":
+                with torch.autocast("cuda", dtype=torch.bfloat16):
+                    out.append(model(x)[0].float())
+            else:
+                out.append(model(x)[0].float())
+        emb = torch.cat(out)
+        emb = F.normalize(emb, dim=-1) if normalize else emb
+        total = emb if total is None else total + emb
+    model.train(was_training)
+    return total / views
 
 
 def episode_accuracy(features: torch.Tensor, episodes, distance: str = "cosine") -> torch.Tensor:
@@ -249,7 +327,7 @@ def _check_early(cfg: TrainConfig, world: int | None = None) -> None:
         raise FewShotError(f"unknown optimizer {cfg.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
     if cfg.sampler not in SAMPLERS:
         raise FewShotError(f"unknown sampler {cfg.sampler!r}; choose one of {', '.join(SAMPLERS)}")
-    for name in ("batch_size", "m", "epochs", "val_every"):
+    for name in ("batch_size", "m", "epochs", "val_every", "val_tta"):
         if int(getattr(cfg, name)) < 1:
             raise FewShotError(f"{name.replace('_', '-')} must be a positive integer, "
                                f"got {getattr(cfg, name)}")
@@ -366,6 +444,14 @@ def train(config: TrainConfig, data: ImageSet, val: ImageSet | None, out_dir: st
     base_data = data
     if cfg.rotate_classes:
         data = rotate_classes(data)
+    real_data = data
+    if cfg.extra_synthetic_classes:
+        synth = synthetic_classes(int(cfg.extra_synthetic_classes), data,
+                                  per_class=int(cfg.synthetic_per_class), seed=cfg.seed,
+                                  thin=float(cfg.synthetic_thin))
+        if data.groups is None:
+            synth = ImageSet(synth.images, synth.labels, synth.class_names, synth.ids, None, synth.name)
+        data = ImageSet.concat([data, synth], name=f"{data.name} + {synth.name}")
     _check_config(cfg, data, world)
     if val.num_classes < cfg.val_way:
         raise FewShotError(f"validation has {val.num_classes} classes; {cfg.val_way}-way episodes need more")
@@ -376,7 +462,7 @@ def train(config: TrainConfig, data: ImageSet, val: ImageSet | None, out_dir: st
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
 
-    preprocess = Preprocess.fit(data.images, channels=data.channels)
+    preprocess = Preprocess.fit(real_data.images, channels=data.channels)  # real images only
     model = build_encoder(encoder if encoder is not None else cfg.encoder, in_channels=data.channels,
                           num_classes=data.num_classes, embedding_dim=cfg.embedding_dim,
                           image_size=data.image_size[0],
@@ -384,9 +470,8 @@ def train(config: TrainConfig, data: ImageSet, val: ImageSet | None, out_dir: st
                           **({"download": True} if cfg.download and encoder is None
                              and str(cfg.encoder).startswith("resnet") and cfg.encoder != "resnet12" else {}))
     spec = encoder_spec(model)
-    model = model.to(device)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
+    # channels_last on every device: oneDNN convolutions on CPU run ~1.5x faster in NHWC too
+    model = model.to(device).to(memory_format=torch.channels_last)
 
     loss_args = parse_loss_args(cfg.loss_args)
     loss_name = cfg.loss if loss is None else type(loss).__name__
@@ -500,7 +585,7 @@ def train(config: TrainConfig, data: ImageSet, val: ImageSet | None, out_dir: st
 
     def state(epoch: int, step: int, sums: dict | None) -> dict:
         return {
-            "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+            "model": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
             "encoder": spec, "preprocess": preprocess.to_dict(), "distance": distance,
             "base_classes": list(data.class_names), "data_fingerprint": data.fingerprint,
             "config": json.loads(json.dumps(cfg.to_dict(), default=str)),
@@ -519,12 +604,17 @@ def train(config: TrainConfig, data: ImageSet, val: ImageSet | None, out_dir: st
         return ckpt
 
     def validate() -> dict:
-        feats = embed_images(model, val.images, preprocess, device)
+        views = {"": embed_images(model, val.images, preprocess, device)}
+        if cfg.val_tta > 1:  # the TTA figure is the one reported; the plain one is kept beside it
+            views = {"": embed_tta(model, val.images, preprocess, device, int(cfg.val_tta),
+                                   cfg.val_tta_augment, seed=cfg.seed, normalize=distance == "cosine"),
+                     "_plain": views[""]}
         out = {}
         for shot, eps in val_sets.items():
-            acc = episode_accuracy(feats, eps, distance)
-            out[f"val_{cfg.val_way}w{shot}s"] = float(acc.mean())
-            out[f"val_{cfg.val_way}w{shot}s_ci95"] = float(1.96 * acc.std() / math.sqrt(len(acc)))
+            for suffix, feats in views.items():
+                acc = episode_accuracy(feats, eps, distance)
+                out[f"val_{cfg.val_way}w{shot}s{suffix}"] = float(acc.mean())
+                out[f"val_{cfg.val_way}w{shot}s{suffix}_ci95"] = float(1.96 * acc.std() / math.sqrt(len(acc)))
         out["val_accuracy"] = out[f"val_{cfg.val_way}w{cfg.val_shots[0]}s"]
         return out
 
@@ -555,8 +645,8 @@ def train(config: TrainConfig, data: ImageSet, val: ImageSet | None, out_dir: st
                 x = images[idx.to(images.device)].to(device, non_blocking=True)
                 y = labels_dev[idx.to(device)]
                 x = preprocess.normalize(augment(preprocess.to_unit(x), gen))
+                x = x.contiguous(memory_format=torch.channels_last)
                 if device.type == "cuda":
-                    x = x.contiguous(memory_format=torch.channels_last)
                     with torch.autocast("cuda", dtype=torch.bfloat16):
                         emb, logits = run_model(x)
                 else:

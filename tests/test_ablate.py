@@ -191,3 +191,32 @@ def test_cli_flags_build_the_grid_and_dry_run(capsys, tmp_path):
     assert rc == 0 and "8 training cell(s) x 2 seed(s)" in out
     assert main(["ablate", "--weights", "1", "--dry-run"]) == 2
     assert main(["ablate", "--grid", str(tmp_path / "missing.toml")]) == 2
+
+
+def test_summary_pairs_by_seed_and_episode_across_training_modes():
+    """Synthetic results: metric beats both episodic cells on every seed; the heads tie."""
+    import numpy as np
+
+    grid = grid_from_dict({"grid": {"mode": ["metric", "episodic"], "episodic_head": ["proto", "ls"],
+                                    "head": ["proto", "ls"], "shot": [1]}, "seeds": [0, 1, 2],
+                           "eval": {"episodes": 200, "query": 4}})
+    rng = np.random.default_rng(0)
+    runs = {}
+    for cell in grid.cells():
+        for seed in grid.seeds:
+            p = 0.8 if cell.factors["mode"] == "metric" else 0.6
+            correct = rng.binomial(20, p, size=200).tolist()
+            runs[f"{cell.id}/seed{seed}"] = {
+                "cell": cell.id, "factors": cell.factors, "seed": seed,
+                "records": [{"set": "novel", "transform": "default", "head": h, "shot": 1, "queries": 20,
+                             "correct": correct, "accuracy": sum(correct) / 4000} for h in ("proto", "ls")]}
+    summary = ablate.summarize(grid, {"format": ablate.FORMAT, "runs": runs})
+    assert len(summary["rows"]) == 3 * 2 and all(r["seeds"] == 3 for r in summary["rows"])
+    metric_row = next(r for r in summary["rows"] if r["factors"]["mode"] == "metric")
+    assert abs(metric_row["mean"] - 0.8) < 0.02 and metric_row["ci95_seeds"] > 0
+    modes = [c for c in summary["comparisons"] if c["factor"] == "mode"]
+    assert len(modes) == 4                                   # 2 episodic heads x 2 eval heads
+    assert all(c["verdict"] == "metric > episodic" and c["seeds_agree"] == 3 for c in modes)
+    assert all(c["context"]["episodic_head"] in ("proto", "ls") for c in modes)
+    heads = [c for c in summary["comparisons"] if c["factor"] == "head"]
+    assert heads and all(c["verdict"] == "no significant difference" and c["diff"] == 0 for c in heads)

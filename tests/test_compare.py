@@ -54,13 +54,14 @@ def test_compare_end_to_end_writes_every_file(tmp_path, capsys):
     (["--data", "nosuchkind"], "nosuchkind"),
     (["--recipe", "nosuchrecipe"], "nosuchrecipe"),
     (["--loss", "nosuchloss"], "nosuchloss"),
+    (["--shot", "1,10"], "fewer than shot+query"),        # 8 drawings per class: fails before training
 ])
 def test_compare_bad_input_is_one_line_exit_2(tmp_path, capsys, argv, needle):
     rc = main(["compare", "--data", TINY, "--out", str(tmp_path / "x"), "--quiet", *argv])
     err = capsys.readouterr().err.strip()
     assert rc == 2
     assert len(err.splitlines()) == 1 and needle in err and "Traceback" not in err
-    assert not (tmp_path / "x" / "best.pt").exists()
+    assert not (tmp_path / "x").exists()                  # nothing written, nothing trained
 
 
 def test_compare_config_defaults_and_validation():
@@ -68,6 +69,8 @@ def test_compare_config_defaults_and_validation():
     got = (cfg.data, cfg.split, cfg.novel, cfg.novel_split, cfg.recipe)
     assert got == ("glyphs", "base", "glyphs", "novel", "glyphs")
     assert cfg.heads == ("proto", "nn", "ls", "ls-mlp") and cfg.shots == (1, 5) and cfg.episodes == 2000
+    assert cfg.train == {"epochs": 2}                       # the 2-minute budget on the glyph set ...
+    assert CompareConfig(train={"epochs": 5}).resolved().train == {"epochs": 5}   # ... flags win
     with pytest.raises(FewShotError, match="novel classes would be the training classes"):
         CompareConfig(data="glyphs", novel_split="base").resolved()
     with pytest.raises(FewShotError):

@@ -10,7 +10,16 @@ from fewshot.checkpoint import load_checkpoint, load_encoder
 from fewshot.cli import main
 from fewshot.errors import FewShotError
 from fewshot.preprocess import Preprocess
-from fewshot.train import RECIPES, TrainConfig, load_recipe, rotate_classes, train
+from fewshot.train import (
+    RECIPES,
+    TrainConfig,
+    embed_images,
+    embed_tta,
+    load_recipe,
+    rotate_classes,
+    synthetic_classes,
+    train,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -193,3 +202,44 @@ def test_rotate_classes_quadruples_classes():
     rot = rotate_classes(data)
     assert rot.num_classes == 40 and len(rot) == 4 * len(data)
     assert torch.equal(rot.images[len(data)], torch.rot90(data.images[0], 1, (1, 2)))
+
+
+def test_extra_synthetic_classes_co_train_with_real_ones(tmp_path):
+    data = digits_set(per_class=8)
+    synth = synthetic_classes(6, data, per_class=5, seed=0)
+    assert synth.num_classes == 6 and len(synth) == 30 and synth.image_size == data.image_size
+    assert synth.channels == 1 and synth.images.dtype == torch.uint8 and int(synth.images.max()) == 255
+    assert all(n.startswith("synthetic/") for n in synth.class_names)
+    assert torch.equal(synth.images, synthetic_classes(6, data, per_class=5, seed=0).images)
+    assert not torch.equal(synth.images, synthetic_classes(6, data, per_class=5, seed=1).images)
+    # thinner strokes: less ink than the glyphs as generated
+    thick = synthetic_classes(6, data, per_class=5, thin=1.0)
+    assert synth.images.float().mean() < thick.images.float().mean()
+    train_set, val = data.split_classes(0.3, seed=0)
+    res = train(_cfg(epochs=1, extra_synthetic_classes=6, synthetic_per_class=5), train_set, val,
+                tmp_path / "run", progress=False)
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["resolved"]["num_classes"] == 7 + 6
+    model, info = load_encoder(res.best_path)
+    assert model.num_classes == 13 and len(info["base_classes"]) == 13
+    assert info["base_mean"].shape == (model.embedding_dim,)
+    with pytest.raises(FewShotError, match="synthetic"):
+        synthetic_classes(0, data)
+
+
+def test_validation_tta_is_seeded_and_reported_beside_the_plain_figure(tmp_path):
+    data, val = digits_set(per_class=8).split_classes(0.3, seed=0)
+    res = train(_cfg(epochs=1, val_tta=4), data, val, tmp_path / "run", progress=False)
+    row = res.metrics[0]
+    assert {"val_3w1s", "val_3w1s_plain", "val_3w1s_plain_ci95"} <= set(row)
+    assert row["val_accuracy"] == row["val_3w1s"]
+    model, info = load_encoder(res.best_path)
+    pre, cpu = info["preprocess"], torch.device("cpu")
+    plain = embed_images(model, val.images, pre, cpu)
+    one = embed_tta(model, val.images, pre, cpu, 1)
+    assert torch.allclose(one, torch.nn.functional.normalize(plain, dim=-1), atol=1e-6)
+    a = embed_tta(model, val.images, pre, cpu, 3, seed=1)
+    assert torch.equal(a, embed_tta(model, val.images, pre, cpu, 3, seed=1))
+    assert not torch.allclose(a, one) and a.shape == plain.shape
+    with pytest.raises(FewShotError, match="val-tta"):
+        train(_cfg(val_tta=0), data, val, tmp_path / "bad", progress=False)

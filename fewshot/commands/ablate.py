@@ -179,8 +179,9 @@ def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.summary_only:
-        summary = summarize(grid, load_results(out))
-        path = write_summary(grid, summary, out, command=command)
+        doc = load_results(out)
+        summary = summarize(grid, doc)
+        path = write_summary(grid, summary, out, command=doc.get("command") or command)
     else:
         result = run_ablation(grid, out, progress=not args.quiet, command=command)
         summary, path = result.summary, out / "summary.md"

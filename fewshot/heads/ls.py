@@ -2,13 +2,19 @@
 
 The fit is scikit-learn's ``Ridge(alpha=lam, fit_intercept=True)`` batched over episodes: features
 and targets are centred per episode (the intercept is not penalised), then the smaller of the two
-normal systems is solved by Cholesky in float64:
+normal systems is solved in float64:
 
 - primal ``W = (XcᵀXc + λI)⁻¹ XcᵀYc`` (a ``D x D`` system, used when ``D <= S``),
 - dual ``W = Xcᵀ (XcXcᵀ + λI)⁻¹ Yc`` (an ``S x S`` system; the usual few-shot case ``S < D``),
 
-and ``b = ȳ - x̄ W``. Both are differentiable, so the head can serve as a layer in episodic
-training (R2-D2, Bertinetto et al. 2019).
+and ``b = ȳ - x̄ W``. Speed: the ``O(S²D)`` Gram product and ``W = Xcᵀα`` run in the features'
+dtype (float32 matmuls); only the small ``S x S`` system (eigendecomposition for leave-one-out,
+then the solve) is float64, and the ``S x S`` Gram is re-centred there exactly. With λ chosen by
+leave-one-out, ``α`` comes from the same eigendecomposition (no factorisation per λ); when a
+gradient is needed it comes from a Cholesky solve instead. Both are differentiable, so the head
+can serve as a layer in episodic training (R2-D2, Bertinetto et al. 2019). In evaluation
+(:meth:`LSHead.score_batch`) the logits ``(q - x̄)·Xcᵀα + ȳ`` come from inner products shared with
+the other heads (:class:`~fewshot.heads.batch.EpisodeBatch`), without forming ``W``.
 
 Lambda selection (:func:`loo_select`) is exact leave-one-out over a grid with no refits. With an
 unpenalised intercept the fit is a linear smoother ``ŷ = H y`` with
@@ -33,6 +39,7 @@ import torch
 
 from ..errors import FewShotError
 from .base import check_query, check_support, one_hot
+from .batch import EpisodeBatch
 
 DEFAULT_GRID: tuple[float, ...] = tuple(float(10.0 ** (k / 2)) for k in range(-8, 9))  # 1e-4 .. 1e4
 CRITERIA = ("squared", "error")
@@ -117,21 +124,61 @@ def _centre_gram(K: torch.Tensor) -> torch.Tensor:
     return K - K.mean(1, keepdim=True) - K.mean(2, keepdim=True) + K.mean((1, 2), keepdim=True)
 
 
+def _gram(X: torch.Tensor, fit_intercept: bool) -> torch.Tensor:
+    """``XcXcᵀ`` of features centred per episode, in the features' own dtype (the ``O(n²D)`` part)."""
+    Xc = X - X.mean(1, keepdim=True) if fit_intercept else X
+    return Xc @ Xc.transpose(1, 2)
+
+
+def _small_system(K: torch.Tensor, wd: torch.dtype, fit_intercept: bool) -> torch.Tensor:
+    """An ``n x n`` Gram / kernel matrix in the work dtype, symmetric and (with an intercept)
+    exactly centred there (``J K J``), so ``1`` is in its null space to working precision."""
+    K = K.to(wd)
+    K = (K + K.transpose(1, 2)) / 2
+    return _centre_gram(K) if fit_intercept else K
+
+
 def _spectrum(Xc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(P [E,n,r], s [E,r])`` with ``Xc (XcᵀXc + λI)⁻¹ Xcᵀ = P diag(1/(s+λ)) Pᵀ`` for every λ."""
-    n, d = Xc.shape[1:]
-    if d < n:
-        s, V = torch.linalg.eigh(Xc.transpose(1, 2) @ Xc)
-        return Xc @ V, s.clamp_min(0)
-    s, U = torch.linalg.eigh(Xc @ Xc.transpose(1, 2))
-    s = s.clamp_min(0)
-    return U * s.sqrt().unsqueeze(1), s
+    """``(P [E,n,r], s [E,r])`` with ``Xc (XcᵀXc + λI)⁻¹ Xcᵀ = P diag(1/(s+λ)) Pᵀ`` for every λ
+    (``D < n``: from the ``D x D`` covariance)."""
+    s, V = torch.linalg.eigh(Xc.transpose(1, 2) @ Xc)
+    return Xc @ V, s.clamp_min(0)
 
 
-def _spectrum_gram(Kc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _eig(Kc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eigenvectors ``U [E,n,n]`` and eigenvalues ``s [E,n]`` (>= 0) of a PSD ``[E,n,n]`` matrix."""
     s, U = torch.linalg.eigh(Kc)
-    s = s.clamp_min(0)
-    return U * s.sqrt().unsqueeze(1), s
+    return U, s.clamp_min(0)
+
+
+def _loo_from_spectrum(P: torch.Tensor, f: torch.Tensor, Yc: torch.Tensor, n: int,
+                       fit_intercept: bool) -> torch.Tensor:
+    """LOO residuals ``[E,L,n,C]`` of the smoother ``H = 11ᵀ/n + P diag(f_l) Pᵀ`` for every ``l``
+    (``f [E,L,r]``)."""
+    e, n_, r = P.shape
+    G = P.transpose(1, 2) @ Yc                                               # [E,r,C]
+    # fitted[e,l,i,c] = sum_r f[e,l,r] P[e,i,r] G[e,r,c]: one batched matmul over (i, c)
+    PG = (P.transpose(1, 2).unsqueeze(-1) * G.unsqueeze(2)).reshape(e, r, -1)   # [E,r,n*C]
+    fitted = (f @ PG).view(e, f.shape[1], n_, -1)                            # [E,L,n,C]
+    h = f @ (P * P).transpose(1, 2)                                          # [E,L,n]
+    if fit_intercept:
+        h = h + 1.0 / n
+    return (Yc.unsqueeze(1) - fitted) / (1 - h).clamp_min(1e-12).unsqueeze(-1)
+
+
+def _grid(grid, wd: torch.dtype, device: torch.device) -> torch.Tensor:
+    lams = torch.as_tensor(grid, dtype=wd, device=device).reshape(-1)
+    if lams.numel() == 0 or not bool(torch.isfinite(lams).all()) or bool((lams <= 0).any()):
+        raise FewShotError("the lambda grid must hold finite values > 0")
+    return lams
+
+
+def _gram_loo(Kc: torch.Tensor, Yc: torch.Tensor, lams: torch.Tensor, fit_intercept: bool
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(residuals [E,L,n,C], U, s)`` from one eigendecomposition of the (centred) Gram ``Kc``."""
+    U, s = _eig(Kc)
+    f = s.unsqueeze(1) / (s.unsqueeze(1) + lams.view(1, -1, 1))                 # s / (s + λ)
+    return _loo_from_spectrum(U, f, Yc, Kc.shape[1], fit_intercept), U, s
 
 
 def loo_residuals(X: torch.Tensor, Y: torch.Tensor, grid=DEFAULT_GRID, *, fit_intercept: bool = True,
@@ -140,26 +187,74 @@ def loo_residuals(X: torch.Tensor, Y: torch.Tensor, grid=DEFAULT_GRID, *, fit_in
 
     ``X`` is ``[E,n,D]`` features, or with ``precomputed=True`` an ``[E,n,n]`` kernel (Gram) matrix
     (kernel ridge, centred in feature space when ``fit_intercept``). One eigendecomposition per
-    episode, no refits.
+    episode, no refits. The ``O(n²D)`` Gram product runs in the features' dtype; the small
+    ``n x n`` (or ``D x D`` when ``D < n``) eigenproblem and the residuals in ``dtype``.
     """
     X, Y, _ = _batched(X, Y)
     wd = _work_dtype(X, dtype)
-    X, Y = X.to(wd), Y.to(wd)
-    n = X.shape[1]
-    lams = torch.as_tensor(grid, dtype=wd, device=X.device).reshape(-1)
-    if lams.numel() == 0 or not bool(torch.isfinite(lams).all()) or bool((lams <= 0).any()):
-        raise FewShotError("the lambda grid must hold finite values > 0")
-    if precomputed:
-        if X.shape[2] != n:
-            raise FewShotError(f"a precomputed Gram matrix must be [E,n,n], got {tuple(X.shape)}")
-        P, s = _spectrum_gram(_centre_gram(X) if fit_intercept else X)
-    else:
-        P, s = _spectrum(X - X.mean(1, keepdim=True) if fit_intercept else X)
+    n, d = X.shape[1], X.shape[2]
+    lams = _grid(grid, wd, X.device)
+    Y = Y.to(wd)
     Yc = Y - Y.mean(1, keepdim=True) if fit_intercept else Y
-    f = 1.0 / (s.unsqueeze(1) + lams.view(1, -1, 1))                        # [E,L,r]
-    fitted = torch.einsum("enr,elr,erc->elnc", P, f, P.transpose(1, 2) @ Yc)  # centred fits
-    h = torch.einsum("enr,elr->eln", P * P, f) + (1.0 / n if fit_intercept else 0.0)
-    return (Yc.unsqueeze(1) - fitted) / (1 - h).clamp_min(1e-12).unsqueeze(-1)
+    if precomputed:
+        if d != n:
+            raise FewShotError(f"a precomputed Gram matrix must be [E,n,n], got {tuple(X.shape)}")
+        return _gram_loo(_small_system(X, wd, fit_intercept), Yc, lams, fit_intercept)[0]
+    if not X.is_floating_point():
+        X = X.float()
+    if d < n:
+        Xw = X.to(wd)
+        P, s = _spectrum(Xw - Xw.mean(1, keepdim=True) if fit_intercept else Xw)
+        f = 1.0 / (s.unsqueeze(1) + lams.view(1, -1, 1))
+        return _loo_from_spectrum(P, f, Yc, n, fit_intercept)
+    return _gram_loo(_small_system(_gram(X, fit_intercept), wd, fit_intercept), Yc, lams, fit_intercept)[0]
+
+
+def _select(r: torch.Tensor, Y: torch.Tensor, criterion: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(index [E], errors [E,L])`` of the grid value each episode chooses from LOO residuals."""
+    sq = r.pow(2).mean((2, 3))                                                  # [E,L]
+    if criterion == "squared":
+        return sq.argmin(1), sq
+    Yw = Y.to(r.dtype).unsqueeze(1)
+    wrong = ((Yw - r).argmax(-1) != Yw.argmax(-1).expand(-1, r.shape[1], -1)).to(r.dtype).mean(-1)
+    best = wrong == wrong.min(1, keepdim=True).values
+    return sq.masked_fill(~best, float("inf")).argmin(1), wrong
+
+
+def dual_solve(K: torch.Tensor, Y: torch.Tensor, lam: float | str = "loo", *, grid=DEFAULT_GRID,
+               criterion: str = "squared", fit_intercept: bool = True,
+               dtype: torch.dtype | None = torch.float64
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Kernel ridge in the dual from a Gram / kernel matrix ``K [E,n,n]`` and targets ``Y [E,n,C]``:
+    ``(alpha [E,n,C], y_mean [E,C], lam [E])`` with ``alpha = (Kc + λI)⁻¹ Yc`` (``Kc = JKJ``
+    with an intercept), so that scores are ``kc(x, support) @ alpha + y_mean``.
+
+    ``lam="loo"`` picks λ per episode from ``grid`` by exact leave-one-out; then, when no gradient
+    is needed, the same eigendecomposition gives ``alpha`` (no factorisation per λ). Otherwise a
+    Cholesky solve at the chosen λ (differentiable in ``K``). Small-system work in ``dtype``.
+    """
+    wd = _work_dtype(K, dtype)
+    e, n, _ = K.shape
+    Kc = _small_system(K, wd, fit_intercept)
+    Y = Y.to(wd)
+    y_mean = Y.mean(1) if fit_intercept else Y.new_zeros(e, Y.shape[2])
+    Yc = Y - y_mean.unsqueeze(1)
+    need_grad = torch.is_grad_enabled() and Kc.requires_grad
+    if lam == "loo":
+        if criterion not in CRITERIA:
+            raise FewShotError(f"unknown LOO criterion {criterion!r}; valid: {', '.join(CRITERIA)}")
+        lams = _grid(grid, wd, K.device)
+        with torch.no_grad():
+            r, U, s = _gram_loo(Kc.detach(), Yc, lams, fit_intercept)
+            idx, _ = _select(r, Y, criterion)
+        lam_t = lams[idx]
+        if not need_grad:
+            alpha = U @ ((U.transpose(1, 2) @ Yc) / (s + lam_t.unsqueeze(1)).unsqueeze(2))
+            return alpha, y_mean, lam_t
+    else:
+        lam_t = _lam_tensor(lam, e, Kc)
+    alpha = _spd_solve(Kc + lam_t.view(e, 1, 1) * torch.eye(n, dtype=wd, device=K.device), Yc)
+    return alpha, y_mean, lam_t
 
 
 @dataclass
@@ -187,14 +282,7 @@ def loo_select(X: torch.Tensor, Y: torch.Tensor, grid=DEFAULT_GRID, *, fit_inter
         X, Y, _ = _batched(X.detach(), Y.detach())
         r = loo_residuals(X, Y, grid, fit_intercept=fit_intercept, precomputed=precomputed, dtype=dtype)
         lams = torch.as_tensor(grid, dtype=r.dtype, device=r.device).reshape(-1)
-        sq = r.pow(2).mean((2, 3))                                              # [E,L]
-        if criterion == "squared":
-            errors, idx = sq, sq.argmin(1)
-        else:
-            Yw = Y.to(r.dtype).unsqueeze(1)
-            wrong = ((Yw - r).argmax(-1) != Yw.argmax(-1).expand(-1, r.shape[1], -1)).to(r.dtype).mean(-1)
-            best = wrong == wrong.min(1, keepdim=True).values
-            errors, idx = wrong, sq.masked_fill(~best, float("inf")).argmin(1)
+        idx, errors = _select(r, Y, criterion)
     return LOOResult(lams[idx], idx, errors, lams)
 
 
@@ -243,12 +331,43 @@ class LSHead:
                               precomputed=precomputed, dtype=self.dtype).lam
         return torch.full((X.shape[0],), float(self.lam), dtype=torch.float64, device=X.device)
 
+    def _dual(self, support: torch.Tensor) -> bool:
+        d, n = support.shape[-1], support.shape[-2]
+        return self.solver == "dual" or (self.solver == "auto" and d > n)
+
     def fit(self, support: torch.Tensor, support_labels: torch.Tensor, way: int) -> FittedLinear:
         check_support(support, support_labels, way)
         if not support.is_floating_point():
             support = support.float()
-        Y = one_hot(support_labels, way, support.dtype)
-        lam = self.choose_lambda(support, Y)
-        W, b = ridge_fit(support, Y, lam, fit_intercept=self.fit_intercept, solver=self.solver,
-                         dtype=self.dtype)
+        if not self._dual(support):  # D <= S: the D x D primal system, all in the work dtype
+            Y = one_hot(support_labels, way, support.dtype)
+            lam = self.choose_lambda(support, Y)
+            W, b = ridge_fit(support, Y, lam, fit_intercept=self.fit_intercept, solver=self.solver,
+                             dtype=self.dtype)
+            return FittedLinear(W, b, lam)
+        # Dual: the S x S Gram in the features' dtype, the small system (LOO, solve) in self.dtype.
+        X = support
+        xm = X.mean(1, keepdim=True) if self.fit_intercept else None
+        Xc = X - xm if xm is not None else X
+        Y = one_hot(support_labels, way, torch.float64)
+        alpha, y_mean, lam = dual_solve(Xc @ Xc.transpose(1, 2), Y, self.lam, grid=self.grid,
+                                        criterion=self.criterion, fit_intercept=self.fit_intercept,
+                                        dtype=self.dtype)
+        W = Xc.transpose(1, 2) @ alpha.to(X.dtype)                               # [E,D,way]
+        b = y_mean.to(X.dtype) - (xm @ W).squeeze(1) if xm is not None else y_mean.to(X.dtype)
         return FittedLinear(W, b, lam)
+
+    def score_batch(self, batch: EpisodeBatch, support_labels: torch.Tensor, way: int) -> torch.Tensor:
+        """Logits ``[E,Q,way]`` from the shared inner products: ``(q - x̄)·Xcᵀ α + ȳ``, i.e.
+        ``q W + b`` of :meth:`fit` without forming ``W`` or reading the query features again."""
+        batch.check(support_labels, way)
+        s = batch.n_support
+        if self.fit_intercept:
+            K, kq = batch.centred_ss, batch.centred_qs
+        else:
+            K, kq = batch.inner[:, :s], batch.inner[:, s:]
+        Y = one_hot(support_labels, way, torch.float64)
+        alpha, y_mean, _ = dual_solve(K, Y, self.lam, grid=self.grid, criterion=self.criterion,
+                                      fit_intercept=self.fit_intercept, dtype=self.dtype)
+        dt = batch.rows.dtype
+        return kq @ alpha.to(dt) + y_mean.to(dt).unsqueeze(1)

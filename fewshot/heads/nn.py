@@ -7,7 +7,8 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import FewShotError
-from .base import check_distance, check_query, check_support, cosine_sim, one_hot, sq_euclidean
+from .base import check_distance, check_query, check_support, cosine_sim, sq_euclidean
+from .batch import EpisodeBatch
 
 
 def pairwise_distance(query: torch.Tensor, support: torch.Tensor, distance: str) -> torch.Tensor:
@@ -32,18 +33,30 @@ class FittedNN:
     def __call__(self, query: torch.Tensor) -> torch.Tensor:
         check_query(query, self.support.shape[-1], self.support.shape[0])
         query = query.to(self.support.dtype)
-        d = pairwise_distance(query, self.support, self.distance)            # [E,Q,S]
-        e, q, s = d.shape
-        labels = self.support_labels.unsqueeze(1).expand(e, q, s)
-        if self.k == 1:
-            # -distance to the nearest support example of each class (a full ranking; argmax = 1-NN).
-            mask = one_hot(self.support_labels, self.way, torch.bool).unsqueeze(1)   # [E,1,S,way]
-            return -d.unsqueeze(-1).masked_fill(~mask, float("inf")).amin(2)
-        k = min(self.k, s)
-        dk, idx = d.topk(k, dim=-1, largest=False)                            # [E,Q,k]
-        w = 1.0 / (dk + self.eps) if self.weighted else torch.ones_like(dk)
-        votes = torch.zeros(e, q, self.way, dtype=d.dtype, device=d.device)
-        return votes.scatter_add(-1, labels.gather(-1, idx), w)
+        if self.distance == "euclidean" and self.k == 1:   # min of squared distances, one sqrt per class
+            return -class_min(sq_euclidean(query, self.support), self.support_labels, self.way).sqrt()
+        return vote(pairwise_distance(query, self.support, self.distance), self.support_labels, self.way,
+                    self.k, self.weighted, self.eps)
+
+
+def class_min(d: torch.Tensor, labels: torch.Tensor, way: int) -> torch.Tensor:
+    """``[E,Q,S]`` distances -> ``[E,Q,way]`` distance to the nearest support row of each class
+    (``inf`` for a class with no support row)."""
+    e, q, s = d.shape
+    out = torch.full((e, q, way), float("inf"), dtype=d.dtype, device=d.device)
+    return out.scatter_reduce(-1, labels.long().unsqueeze(1).expand(e, q, s), d, reduce="amin")
+
+
+def vote(d: torch.Tensor, labels: torch.Tensor, way: int, k: int, weighted: bool, eps: float) -> torch.Tensor:
+    """Logits from query-support distances ``d [E,Q,S]``: ``-`` nearest distance per class (``k == 1``,
+    a full ranking whose argmax is 1-NN) or the (``1/d``-weighted) votes of the ``k`` nearest."""
+    if k == 1:
+        return -class_min(d, labels, way)
+    e, q, s = d.shape
+    dk, idx = d.topk(min(k, s), dim=-1, largest=False)                    # [E,Q,k]
+    w = 1.0 / (dk + eps) if weighted else torch.ones_like(dk)
+    votes = torch.zeros(e, q, way, dtype=d.dtype, device=d.device)
+    return votes.scatter_add(-1, labels.long().unsqueeze(1).expand(e, q, s).gather(-1, idx), w)
 
 
 @dataclass
@@ -70,3 +83,16 @@ class NNHead:
         if not support.is_floating_point():
             support = support.float()
         return FittedNN(support, support_labels, way, int(self.k), self.distance, self.weighted)
+
+    def score_batch(self, batch: EpisodeBatch, support_labels: torch.Tensor, way: int) -> torch.Tensor:
+        """Logits ``[E,Q,way]`` from the shared inner products (same values as ``fit(...)(query)``)."""
+        batch.check(support_labels, way)
+        s = batch.n_support
+        if self.distance == "cosine":
+            norms = batch.sq_norm.sqrt().clamp_min(1e-12)
+            d = 1 - batch.inner[:, s:] / (norms[:, s:].unsqueeze(2) * norms[:, :s].unsqueeze(1))
+        elif self.k == 1:
+            return -class_min(batch.sq_dist[:, s:], support_labels, way).sqrt()
+        else:
+            d = batch.sq_dist[:, s:].sqrt()
+        return vote(d, support_labels, way, int(self.k), self.weighted, 1e-8)

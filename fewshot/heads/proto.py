@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from .base import check_distance, check_query, check_support, cosine_sim, one_hot, sq_euclidean
+from .batch import EpisodeBatch
 
 
 @dataclass
@@ -50,3 +51,24 @@ class ProtoHead:
         counts = y.sum(1).clamp_min(1).unsqueeze(-1)               # [E,way,1]
         prototypes = y.transpose(1, 2) @ support / counts          # [E,way,D]
         return FittedProto(prototypes, self.distance, self.scale)
+
+    def score_batch(self, batch: EpisodeBatch, support_labels: torch.Tensor, way: int) -> torch.Tensor:
+        """Logits ``[E,Q,way]`` from the shared inner products (no pass over the query features):
+        ``q·p_c`` and ``|p_c|²`` are class averages of ``q·s`` and ``s·s'``."""
+        batch.check(support_labels, way)
+        s = batch.n_support
+        y = one_hot(support_labels, way, batch.rows.dtype)
+        counts = y.sum(1)                                                  # [E,way]
+        yn = y / counts.clamp_min(1).unsqueeze(1)                          # [E,S,way]
+        if self.distance == "cosine":
+            inner = batch.inner
+            qp = inner[:, s:] @ yn                                         # [E,Q,way]
+            pp = ((inner[:, :s] @ yn) * yn).sum(1).clamp_min(0)            # [E,way]
+            qn = batch.sq_norm[:, s:].sqrt().clamp_min(1e-12)
+            return self.scale * qp / (qn.unsqueeze(2) * pp.sqrt().clamp_min(1e-12).unsqueeze(1))
+        g = batch.centred_qs @ yn                                          # (q - x̄)·(p - x̄)
+        pp = ((batch.centred_ss @ yn) * yn).sum(1)                         # |p - x̄|²
+        d2 = batch.centred_sq[:, s:].unsqueeze(2) - 2 * g + pp.unsqueeze(1)
+        if bool((counts == 0).any()):  # an empty class's prototype is the zero vector, as in fit()
+            d2 = torch.where((counts == 0).unsqueeze(1), batch.sq_norm[:, s:].unsqueeze(2), d2)
+        return -self.scale * d2.clamp_min(0)
