@@ -637,7 +637,14 @@ def summarize(grid: Grid, doc: dict) -> dict:
             comparisons.append({"set": ra["set"], "factor": factor, "a": ra["factors"].get(factor),
                                 "b": rb["factors"].get(factor), "context": same, **res})
     rank = {f: i for i, f in enumerate(FACTORS)}
-    comparisons.sort(key=lambda c: (rank[c["factor"]], c["set"], json.dumps(c["context"], default=str)))
+    level = {(f, json.dumps(v, default=str)): i for f, vs in grid.factors.items() for i, v in enumerate(vs)}
+    set_rank = {s.name: i for i, s in enumerate(grid.eval_sets)}
+
+    def order(c: dict) -> tuple:   # grid order: factor, set, then the levels of the other factors
+        ctx = [level.get((k, json.dumps(v, default=str)), 0) for k, v in sorted(c["context"].items())]
+        return rank[c["factor"]], set_rank.get(c["set"], 0), ctx
+
+    comparisons.sort(key=order)
     _adjust(comparisons)
     return {"rows": rows, "comparisons": comparisons, "varying": factor_names}
 

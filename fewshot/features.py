@@ -83,7 +83,7 @@ def embed(model: torch.nn.Module, images: ImageSet | torch.Tensor, preprocess: C
     if batch_size < 1:
         raise FewShotError(f"batch size must be positive, got {batch_size}")
     dev = best_device(device)
-    from .inference import inference_model
+    from .inference import inference_model, prepare_input
 
     fast = inference_model(model, dev)
     prep = preprocess or _default_preprocess
@@ -95,7 +95,7 @@ def embed(model: torch.nn.Module, images: ImageSet | torch.Tensor, preprocess: C
     with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=dev.type == "cuda"):
         for start in range(0, n, batch_size):
             batch = x_all[start:start + batch_size].to(dev, non_blocking=True)
-            x = prep(batch)
+            x = prepare_input(prep, batch, channels_last=fast.channels_last)
             if start == 0:
                 _probe(model, fast.module, x[:1])
             emb = fast(x)

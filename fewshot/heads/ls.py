@@ -131,11 +131,23 @@ def _gram(X: torch.Tensor, fit_intercept: bool) -> torch.Tensor:
 
 
 def _small_system(K: torch.Tensor, wd: torch.dtype, fit_intercept: bool) -> torch.Tensor:
-    """An ``n x n`` Gram / kernel matrix in the work dtype, symmetric and (with an intercept)
-    exactly centred there (``J K J``), so ``1`` is in its null space to working precision."""
+    """An ``n x n`` Gram / kernel matrix in the work dtype, (with an intercept) exactly centred
+    there (``J K J``), so ``1`` is in its null space to working precision. Not re-symmetrised:
+    Cholesky and ``eigh`` read one triangle only."""
     K = K.to(wd)
-    K = (K + K.transpose(1, 2)) / 2
     return _centre_gram(K) if fit_intercept else K
+
+
+def _cancels(K: torch.Tensor, digits: float = 3.0) -> bool:
+    """Whether centring the low-precision Gram ``K`` in float64 would lose more than ``digits``
+    digits: the rows' common offset dominates their spread (``tr K`` vs ``tr JKJ``)."""
+    if K.dtype == torch.float64:
+        return False
+    with torch.no_grad():
+        Kd = K.detach().double()
+        total = Kd.diagonal(dim1=1, dim2=2).sum(-1)
+        centred = _centre_gram(Kd).diagonal(dim1=1, dim2=2).sum(-1)
+        return bool((total > 10.0 ** digits * centred.clamp_min(1e-300)).any())
 
 
 def _spectrum(Xc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -296,7 +308,11 @@ class FittedLinear:
 
     def __call__(self, query: torch.Tensor) -> torch.Tensor:
         check_query(query, self.weight.shape[1], self.weight.shape[0])
-        return query.to(self.weight.dtype) @ self.weight + self.bias.unsqueeze(1)
+        # (Wᵀ qᵀ)ᵀ: the long query dimension as the matmul's wide output (one streaming pass over
+        # the queries; ~1.7x faster than q W with way = 5 columns)
+        out = torch.baddbmm(self.bias.unsqueeze(2), self.weight.transpose(1, 2),
+                            query.to(self.weight.dtype).transpose(1, 2))
+        return out.transpose(1, 2).contiguous()
 
 
 @dataclass
@@ -347,14 +363,23 @@ class LSHead:
             return FittedLinear(W, b, lam)
         # Dual: the S x S Gram in the features' dtype, the small system (LOO, solve) in self.dtype.
         X = support
-        xm = X.mean(1, keepdim=True) if self.fit_intercept else None
-        Xc = X - xm if xm is not None else X
+        K = X @ X.transpose(1, 2)                      # uncentred; centred exactly in float64 below
+        xm = None
+        if self.fit_intercept and _cancels(K):        # large common offset: centre the rows first
+            xm = X.mean(1, keepdim=True)
+            K = (X - xm) @ (X - xm).transpose(1, 2)
         Y = one_hot(support_labels, way, torch.float64)
-        alpha, y_mean, lam = dual_solve(Xc @ Xc.transpose(1, 2), Y, self.lam, grid=self.grid,
-                                        criterion=self.criterion, fit_intercept=self.fit_intercept,
-                                        dtype=self.dtype)
-        W = Xc.transpose(1, 2) @ alpha.to(X.dtype)                               # [E,D,way]
-        b = y_mean.to(X.dtype) - (xm @ W).squeeze(1) if xm is not None else y_mean.to(X.dtype)
+        alpha, y_mean, lam = dual_solve(K, Y, self.lam, grid=self.grid, criterion=self.criterion,
+                                        fit_intercept=self.fit_intercept, dtype=self.dtype)
+        a = alpha.to(X.dtype)
+        # columns of alpha sum to 0 (Kc 1 = 0), so Xcᵀα = Xᵀα, and x̄·Xᵀα = mean_i (Kα)_i
+        W = (a.transpose(1, 2) @ X).transpose(1, 2)      # [E,D,way], a view of Wᵀ [E,way,D]
+        if not self.fit_intercept:
+            b = y_mean.to(X.dtype)
+        elif xm is None:
+            b = (y_mean - (K.to(alpha.dtype).mean(1, keepdim=True) @ alpha).squeeze(1)).to(X.dtype)
+        else:
+            b = y_mean.to(X.dtype) - (xm @ W).squeeze(1)
         return FittedLinear(W, b, lam)
 
     def score_batch(self, batch: EpisodeBatch, support_labels: torch.Tensor, way: int) -> torch.Tensor:
