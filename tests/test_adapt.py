@@ -174,6 +174,22 @@ def test_cli_adapt_then_predict_csv_accuracy_confusion(checkpoint, folders, tmp_
     assert len(lines) == 5 and all(line.split(",")[1] == "unknown" for line in lines[1:])
 
 
+def test_cli_adapt_int8_model_predicts_like_float32(checkpoint, folders, tmp_path, capsys):  # noqa: F811
+    support, query = folders
+    fp32, int8 = tmp_path / "fp32.fewshot", tmp_path / "int8.fewshot"
+    assert _adapt_cli(checkpoint, support, fp32, "--head", "proto") == 0
+    assert _adapt_cli(checkpoint, support, int8, "--head", "proto", "--int8") == 0
+    capsys.readouterr()
+    labels = []
+    for model in (fp32, int8):
+        assert main(["predict", "--model", str(model), str(query)]) == 0
+        rows = capsys.readouterr().out.strip().splitlines()[1:]
+        labels.append([r.split(",")[1] for r in rows if r.count(",") >= 3])
+    assert load_classifier(int8).int8 and not load_classifier(fp32).int8
+    agree = sum(a == b for a, b in zip(*labels)) / len(labels[0])
+    assert agree >= 0.8, agree
+
+
 def test_cli_update_adds_a_class(checkpoint, folders, tmp_path, capsys):  # noqa: F811
     a, b = _split(folders[0], tmp_path)
     model = tmp_path / "m.fewshot"

@@ -30,6 +30,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="store the checkpoint's path and hash instead of the encoder weights")
     parser.add_argument("--strict", action="store_true", help="unreadable or non-image files are errors")
     parser.add_argument("--update", metavar="MODEL", help="add the classes/shots of --support to this model")
+    parser.add_argument("--int8", action="store_true",
+                        help="predict with an int8 encoder calibrated on the support images (CPU, faster; "
+                             "predictions may differ slightly from float32)")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--device", default="cpu")
 
@@ -54,7 +57,8 @@ def run(args: argparse.Namespace) -> int:
         else:
             clf = adapt(args.checkpoint, args.support, head=args.head, results=args.results,
                         transform=args.transform, lam=args.lam, reference=args.reference, strict=args.strict,
-                        batch_size=args.batch_size, device=args.device, progress=True)
+                        batch_size=args.batch_size, device=args.device, progress=True,
+                        int8=args.int8)
     for w in caught:
         print(f"fewshot adapt: warning: {w.message}", file=sys.stderr)
     print(clf.report.table())
