@@ -69,7 +69,7 @@ def test_compare_config_defaults_and_validation():
     got = (cfg.data, cfg.split, cfg.novel, cfg.novel_split, cfg.recipe)
     assert got == ("glyphs", "base", "glyphs", "novel", "glyphs")
     assert cfg.heads == ("proto", "nn", "ls", "ls-mlp") and cfg.shots == (1, 5) and cfg.episodes == 2000
-    assert cfg.train == {"epochs": 2}                       # the 2-minute budget on the glyph set ...
+    assert cfg.train == {}                                  # the glyphs recipe as shipped ...
     assert CompareConfig(train={"epochs": 5}).resolved().train == {"epochs": 5}   # ... flags win
     with pytest.raises(FewShotError, match="novel classes would be the training classes"):
         CompareConfig(data="glyphs", novel_split="base").resolved()
