@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -21,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .atomic import atomic_open, atomic_write_text
 from .imageset import ImageSet
 
 FORMAT = "fewshot-imageset-cache/1"
@@ -54,29 +54,16 @@ def cache_key(kind: str, source: object, options: dict) -> str:
     return hashlib.sha256(doc.encode()).hexdigest()[:24]
 
 
-def _write_atomic(path: Path, write: Callable[[object], None], binary: bool = True) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb" if binary else "w") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def save_entry(directory: Path, key: str, data: ImageSet) -> None:
     """Store ``data`` under ``key`` (images first, metadata last, both atomically)."""
     directory.mkdir(parents=True, exist_ok=True)
     images = np.ascontiguousarray(data.images.numpy())
-    _write_atomic(directory / f"{key}.npy", lambda f: np.save(f, images, allow_pickle=False))
+    with atomic_open(directory / f"{key}.npy", "wb") as f:
+        np.save(f, images, allow_pickle=False)
     meta = {"format": FORMAT, "shape": list(images.shape), "labels": data.labels.tolist(),
             "class_names": data.class_names, "ids": data.ids, "groups": data.groups, "name": data.name,
             "npy_bytes": (directory / f"{key}.npy").stat().st_size}
-    _write_atomic(directory / f"{key}.json", lambda f: json.dump(meta, f), binary=False)
+    atomic_write_text(directory / f"{key}.json", json.dumps(meta))
 
 
 def load_entry(directory: Path, key: str) -> ImageSet | None:

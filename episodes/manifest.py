@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .atomic import atomic_write_text
 from .errors import DatasetError
 from .imageset import ImageSet
 from .sampling import Episodes, EpisodeSpec
@@ -38,14 +39,7 @@ def save_manifest(path: str | os.PathLike, episodes: Episodes, data: ImageSet) -
             for c, s, q in zip(episodes.classes.numpy(), episodes.support.numpy(), episodes.query.numpy())
         ],
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(doc, f, separators=(",", ":"))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(path, json.dumps(doc, separators=(",", ":")))
 
 
 def load_manifest(path: str | os.PathLike, data: ImageSet) -> Episodes:

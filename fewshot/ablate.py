@@ -23,7 +23,6 @@ import itertools
 import json
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -31,6 +30,8 @@ from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
+
+from episodes.atomic import atomic_write_text
 
 from .errors import FewShotError
 
@@ -295,23 +296,6 @@ def load_grid(path: str | os.PathLike) -> Grid:
 
 
 # ============================================================ atomic results
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-
-
 def _eval_signature(grid: Grid) -> dict:
     return {"way": grid.way, "query": grid.query, "episodes": grid.episodes, "seed": grid.episode_seed,
             "sets": [asdict(s) for s in grid.eval_sets]}
@@ -524,7 +508,7 @@ def run_ablation(grid: Grid, out_dir: str | os.PathLike, *, progress: bool = Tru
             checkpoint = run_dir / saved if (run_dir / saved).exists() else saved
         else:
             checkpoint = train_cell(grid, cell, seed, train_data, run_dir, progress=progress)
-            _atomic_write_text(done_marker, json.dumps({"checkpoint": os.path.relpath(checkpoint, run_dir)}))
+            atomic_write_text(done_marker, json.dumps({"checkpoint": os.path.relpath(checkpoint, run_dir)}))
             trained += 1
         t1 = time.perf_counter()
         records = score_checkpoint(checkpoint, grid, sets, manifests, progress=progress)
@@ -533,13 +517,13 @@ def run_ablation(grid: Grid, out_dir: str | os.PathLike, *, progress: bool = Tru
                             "checkpoint": os.path.relpath(checkpoint, out),
                             "train_seconds": round(t1 - t0, 2), "eval_seconds": round(t2 - t1, 2),
                             "records": records}
-        _atomic_write_text(out / "results.json", json.dumps(doc, indent=None, separators=(",", ":")))
+        atomic_write_text(out / "results.json", json.dumps(doc, indent=None, separators=(",", ":")))
         bar.update(1)
         if on_cell_done is not None:
             on_cell_done(cell, seed, records)
     bar.close()
     if not todo:
-        _atomic_write_text(out / "results.json", json.dumps(doc, separators=(",", ":")))
+        atomic_write_text(out / "results.json", json.dumps(doc, separators=(",", ":")))
     summary = summarize(grid, doc)
     write_summary(grid, summary, out, command=command)
     return AblationResult(out, doc, summary, trained, n_total - len(todo))
@@ -736,8 +720,8 @@ def write_summary(grid: Grid, summary: dict, out_dir: Path, *, command: str | No
     if plots:
         lines += ["## Plots", ""] + [f"![{p.stem}](plots/{p.name})" for p in plots] + [""]
     path = out / "summary.md"
-    _atomic_write_text(path, "\n".join(lines))
-    _atomic_write_text(out / "summary.json", json.dumps(summary, indent=1, default=str))
+    atomic_write_text(path, "\n".join(lines))
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=1, default=str))
     return path
 
 

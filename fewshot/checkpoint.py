@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from pathlib import Path
 
 import torch
+
+from episodes.atomic import atomic_open
 
 from .encoders import build_encoder
 from .errors import FewShotError
@@ -26,31 +27,9 @@ FORMAT = "fewshot-checkpoint/1"
 
 def save_checkpoint(path: str | os.PathLike, obj: dict) -> Path:
     """Write ``obj`` to ``path`` atomically (temporary file, fsync, rename, fsync of the folder)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    obj = {"format": FORMAT, **obj}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    try:  # make the rename itself durable
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError:  # pragma: no cover - some filesystems refuse fsync on folders
-        pass
-    return path
+    with atomic_open(path, "wb") as fh:
+        torch.save({"format": FORMAT, **obj}, fh)
+    return Path(path)
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:

@@ -27,6 +27,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from episodes.atomic import atomic_open
+
 from .errors import FewShotError
 from .heads.nn import FittedNN
 from .heads.proto import FittedProto
@@ -503,17 +505,8 @@ class FewShotClassifier(nn.Module):
         path = Path(path)
         if path.is_dir():
             raise FewShotError("is a directory; give a file name for the model", path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
-            with open(tmp, "wb") as f:
-                torch.save(doc, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        with atomic_open(path, "wb") as fh:
+            torch.save(doc, fh)
         return path
 
     def extra_repr(self) -> str:

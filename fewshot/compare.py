@@ -19,6 +19,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
 
+from episodes.atomic import atomic_write_text
+
 from .errors import FewShotError
 
 __all__ = ["DEFAULT_HEADS", "CompareConfig", "CompareResult", "compare", "default_out_dir"]
@@ -216,9 +218,7 @@ def compare(config: CompareConfig | None = None, *, progress: bool = True) -> Co
            "val_accuracy": trained.val_accuracy, "held_out_classes": trained.held_out_classes,
            "seconds": seconds, "files": {k: os.fspath(v) for k, v in files.items()}}
     path = out / "compare.json"
-    tmp = path.with_name(".compare.json.tmp")
-    tmp.write_text(json.dumps(doc, indent=2, default=str))
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(doc, indent=2, default=str))
     files["compare.json"] = path
     return CompareResult(out, Path(trained.best_path), trained, result, files, seconds)
 

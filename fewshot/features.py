@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from episodes.atomic import atomic_open
 from episodes.imageset import ImageSet
 
 from .errors import FewShotError
@@ -201,9 +202,7 @@ def embed_cached(checkpoint: str | os.PathLike | tuple[torch.nn.Module, dict], i
             warnings.warn(f"{path}: unreadable feature cache ({exc}); recomputing", stacklevel=2)
     feats = embed(model, imageset, preprocess, device=dev, batch_size=batch_size, progress=progress)
     if info.get("hash"):  # an unhashed (in-memory) model cannot be cached safely
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        torch.save({"key": key, "features": feats, "fingerprint": imageset.fingerprint,
-                    "checkpoint": str(info["hash"])}, tmp)
-        os.replace(tmp, path)
+        with atomic_open(path, "wb") as fh:
+            torch.save({"key": key, "features": feats, "fingerprint": imageset.fingerprint,
+                        "checkpoint": str(info["hash"])}, fh)
     return feats

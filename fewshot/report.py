@@ -9,17 +9,10 @@ import json
 import os
 from pathlib import Path
 
+from episodes.atomic import atomic_write_bytes
+
 from . import stats
 from .evaluate import EvalResult
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def results_markdown(result: EvalResult) -> str:
@@ -88,7 +81,7 @@ def plot_accuracy_vs_shot(result: EvalResult, path: Path) -> None:
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     plt.close(fig)
-    _atomic_write(path, buf.getvalue())
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def plot_tsne(result: EvalResult, path: Path) -> None:
@@ -112,7 +105,7 @@ def plot_tsne(result: EvalResult, path: Path) -> None:
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     plt.close(fig)
-    _atomic_write(path, buf.getvalue())
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def write_report(result: EvalResult, out_dir: str | os.PathLike) -> dict[str, Path]:
@@ -121,9 +114,9 @@ def write_report(result: EvalResult, out_dir: str | os.PathLike) -> dict[str, Pa
     out.mkdir(parents=True, exist_ok=True)
     names = ("results.json", "results.md", "episodes.csv", "accuracy_vs_shot.png")
     paths = {name: out / name for name in names}
-    _atomic_write(paths["results.json"], json.dumps(result.to_dict(), indent=2).encode())
-    _atomic_write(paths["results.md"], results_markdown(result).encode())
-    _atomic_write(paths["episodes.csv"], episodes_csv(result).encode())
+    atomic_write_bytes(paths["results.json"], json.dumps(result.to_dict(), indent=2).encode())
+    atomic_write_bytes(paths["results.md"], results_markdown(result).encode())
+    atomic_write_bytes(paths["episodes.csv"], episodes_csv(result).encode())
     plot_accuracy_vs_shot(result, paths["accuracy_vs_shot.png"])
     if result.tsne is not None:
         paths["tsne.png"] = out / "tsne.png"

@@ -10,6 +10,8 @@ import sys
 import warnings
 from pathlib import Path
 
+from episodes.atomic import atomic_open, atomic_write_text
+
 from ..errors import FewShotError
 
 HELP = "classify images or folders with a model from `fewshot adapt` (CSV: path,label,probability,top_k)"
@@ -59,20 +61,6 @@ def collect(paths: list[str], strict: bool = False) -> tuple[list[str], list[str
     return files, truth
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w", newline="") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def confusion_png(path: Path, y_true: list[str], y_pred: list[str], labels: list[str]) -> None:
     """Write a scikit-learn confusion-matrix plot (rows: true class, columns: predicted)."""
     import matplotlib
@@ -86,14 +74,11 @@ def confusion_png(path: Path, y_true: list[str], y_pred: list[str], labels: list
                                             include_values=len(labels) <= 30, xticks_rotation="vertical")
     ax.set_title(f"{sum(t == p for t, p in zip(y_true, y_pred))}/{len(y_true)} correct")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")
     try:
-        fig.savefig(tmp, dpi=100)
-        os.replace(tmp, path)
+        with atomic_open(path, "wb", suffix=".tmp.png") as fh:
+            fig.savefig(fh, format="png", dpi=100)
     finally:
         plt.close(fig)
-        tmp.unlink(missing_ok=True)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -124,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
     writer.writerows(pred.rows())
     sys.stdout.write(buf.getvalue())
     if args.out:
-        _write_atomic(Path(args.out), buf.getvalue())
+        atomic_write_text(Path(args.out), buf.getvalue())
         print(f"wrote {args.out} ({len(pred)} rows)", file=sys.stderr)
     if pred.skipped:
         print(f"fewshot predict: {len(pred.skipped)} file(s) skipped", file=sys.stderr)

@@ -1,0 +1,64 @@
+"""Atomic file writes: a reader sees the old file or the new one, never half of one.
+
+Every file the toolkit writes that a user may rely on (checkpoints, classifiers, manifests,
+caches, results) goes through :func:`atomic_open`: write to a temporary file in the same folder,
+flush and fsync it, rename it over the target, then fsync the folder so the rename survives a
+crash. A failure at any point removes the temporary file and leaves the old target untouched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike, mode: str = "wb", suffix: str = ".tmp") -> Iterator[IO]:
+    """Open a temporary sibling of ``path`` for writing; on success it replaces ``path``.
+
+    ``suffix`` is the temporary file's ending (``".tmp.png"`` keeps a format inferred from it).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    try:
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"newline": ""})) as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    with atomic_open(path, "w") as fh:
+        fh.write(text)
+    return Path(path)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    with atomic_open(path, "wb") as fh:
+        fh.write(data)
+    return Path(path)
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make a rename durable (a no-op where folders cannot be opened, e.g. Windows)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
