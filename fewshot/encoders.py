@@ -13,6 +13,7 @@ import os
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .errors import FewShotError
@@ -147,15 +148,32 @@ ENCODERS: dict[str, Callable[..., nn.Module]] = {
 
 
 # ------------------------------------------------------------------ wrapper
+class CosineClassifier(nn.Module):
+    """Base-class logits as scaled cosine similarities to learned class weights (Baseline++,
+    Chen et al. 2019): the training signal then shapes the embedding's directions, which is what
+    cosine prototypes compare on novel classes. The scale is learned (initialised at 10)."""
+
+    def __init__(self, dim: int, num_classes: int, scale: float = 10.0):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(num_classes, dim) * dim ** -0.5)
+        self.log_scale = nn.Parameter(torch.tensor(float(scale)).log())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.log_scale.exp() * F.normalize(x, dim=1) @ F.normalize(self.weight, dim=1).t()
+
+
+CLASSIFIERS = ("linear", "cosine")
+
+
 class Encoder(nn.Module):
-    """Backbone + optional projection + base-class linear classifier.
+    """Backbone + optional projection + base-class classifier (linear, or cosine: ``classifier=``).
 
     ``forward(x) -> (embedding, logits)``. ``spec`` holds what :func:`build_encoder` needs to
     rebuild the same architecture from a checkpoint (name and keyword arguments).
     """
 
     def __init__(self, backbone: nn.Module, feature_dim: int, num_classes: int,
-                 embedding_dim: int | None = None, spec: dict | None = None):
+                 embedding_dim: int | None = None, spec: dict | None = None, classifier: str = "linear"):
         super().__init__()
         self.backbone = backbone
         self.feature_dim = int(feature_dim)
@@ -166,7 +184,10 @@ class Encoder(nn.Module):
             self.projection = nn.Identity()
             self.embedding_dim = self.feature_dim
         self.num_classes = int(num_classes)
-        self.classifier = nn.Linear(self.embedding_dim, self.num_classes)
+        if classifier not in CLASSIFIERS:
+            raise FewShotError(f"unknown classifier {classifier!r}; choose one of {', '.join(CLASSIFIERS)}")
+        self.classifier = (CosineClassifier(self.embedding_dim, self.num_classes) if classifier == "cosine"
+                           else nn.Linear(self.embedding_dim, self.num_classes))
         self.spec = dict(spec or {})
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -199,6 +220,7 @@ def build_encoder(name_or_module: str | nn.Module, *, in_channels: int, num_clas
     ``drop_rate`` for resnet12; ``weights`` (a local file) and ``download`` for torchvision
     ResNets). A module backbone must map ``[B, C, H, W]`` to features ``[B, D]``; D is read from
     ``out_dim``/``embedding_dim`` or found by a dry run at ``image_size`` (default 84).
+    ``classifier="cosine"`` replaces the base-class linear layer by a :class:`CosineClassifier`.
     """
     if in_channels not in (1, 3):
         raise FewShotError(f"encoders take 1- or 3-channel images, got {in_channels} channels")
@@ -206,12 +228,13 @@ def build_encoder(name_or_module: str | nn.Module, *, in_channels: int, num_clas
         raise FewShotError(f"num_classes must be positive, got {num_classes}")
     if embedding_dim is not None and embedding_dim < 1:
         raise FewShotError(f"embedding_dim must be positive, got {embedding_dim}")
+    classifier = kw.pop("classifier", "linear")
     if isinstance(name_or_module, nn.Module):
         image_size = int(kw.pop("image_size", 84))
         dim = _feature_dim(name_or_module, in_channels, image_size)
         spec = {"name": type(name_or_module).__name__, "in_channels": in_channels,
                 "num_classes": num_classes, "embedding_dim": embedding_dim, "kwargs": {}, "custom": True}
-        return Encoder(name_or_module, dim, num_classes, embedding_dim, spec)
+        return Encoder(name_or_module, dim, num_classes, embedding_dim, spec, classifier)
     name = str(name_or_module).lower()
     if name not in ENCODERS:
         raise FewShotError(f"unknown encoder {name_or_module!r}; choose one of {', '.join(ENCODERS)}")
@@ -225,7 +248,9 @@ def build_encoder(name_or_module: str | nn.Module, *, in_channels: int, num_clas
     spec = {"name": name, "in_channels": in_channels, "num_classes": num_classes,
             "embedding_dim": embedding_dim,
             "kwargs": {k: (os.fspath(v) if isinstance(v, os.PathLike) else v) for k, v in kw.items()}}
-    return Encoder(backbone, backbone.out_dim, num_classes, embedding_dim, spec)
+    if classifier != "linear":
+        spec["kwargs"]["classifier"] = classifier
+    return Encoder(backbone, backbone.out_dim, num_classes, embedding_dim, spec, classifier)
 
 
 def encoder_spec(model: nn.Module) -> dict:

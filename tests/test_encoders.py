@@ -61,3 +61,31 @@ def test_custom_module_and_bad_channels():
     assert model.embedding_dim == 8 and model(torch.randn(2, 3, 16, 16))[1].shape == (2, 4)
     with pytest.raises(FewShotError, match="1- or 3-channel"):
         build_encoder("conv4", in_channels=2, num_classes=2)
+
+
+def test_cosine_classifier_builds_trains_and_rebuilds_from_its_spec():
+    import torch
+
+    from fewshot.encoders import CosineClassifier, build_encoder
+    m = build_encoder("conv4", in_channels=1, num_classes=7, image_size=28, classifier="cosine")
+    assert isinstance(m.classifier, CosineClassifier)
+    x = torch.randn(4, 1, 28, 28)
+    emb, logits = m(x)
+    assert logits.shape == (4, 7) and logits.abs().max() <= m.classifier.log_scale.exp() + 1e-4
+    logits.sum().backward()
+    assert m.classifier.weight.grad is not None and m.classifier.log_scale.grad is not None
+    spec = m.spec
+    again = build_encoder(spec["name"], in_channels=spec["in_channels"], num_classes=spec["num_classes"],
+                          embedding_dim=spec["embedding_dim"], **spec["kwargs"])
+    again.load_state_dict(m.state_dict())
+    m.eval(), again.eval()
+    assert torch.equal(m(x)[1], again(x)[1])
+
+
+def test_unknown_classifier_is_refused():
+    import pytest
+
+    from fewshot.encoders import build_encoder
+    from fewshot.errors import FewShotError
+    with pytest.raises(FewShotError, match="unknown classifier"):
+        build_encoder("conv4", in_channels=1, num_classes=3, image_size=28, classifier="mlp")
