@@ -281,21 +281,25 @@ def _default_recipe(spec: str) -> str | None:
     return kind if kind in RECIPES else None
 
 
-def load_grid(path: str | os.PathLike) -> Grid:
-    """Read a grid TOML file; FewShotError naming the file for a missing, malformed or unknown entry."""
+def read_grid_file(path: str | os.PathLike) -> dict:
+    """The TOML document of a grid file; FewShotError naming the file if missing or malformed."""
     path = Path(path)
     try:
-        doc = tomllib.loads(path.read_text())
+        return tomllib.loads(path.read_text())
     except FileNotFoundError:
         raise FewShotError("no such grid file", path) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise FewShotError(f"cannot read grid file ({exc})", path) from None
     except tomllib.TOMLDecodeError as exc:
         raise FewShotError(f"not valid TOML ({exc})", path) from None
-    return grid_from_dict(doc, source=os.fspath(path))
 
 
-# ============================================================ atomic results
+def load_grid(path: str | os.PathLike) -> Grid:
+    """Read a grid TOML file; FewShotError naming the file for a missing, malformed or unknown entry."""
+    return grid_from_dict(read_grid_file(path), source=os.fspath(path))
+
+
+# ============================================================ results file
 def _eval_signature(grid: Grid) -> dict:
     return {"way": grid.way, "query": grid.query, "episodes": grid.episodes, "seed": grid.episode_seed,
             "sets": [asdict(s) for s in grid.eval_sets]}

@@ -147,7 +147,7 @@ def compare(config: CompareConfig | None = None, *, progress: bool = True) -> Co
 
     from .evaluate import build_heads, evaluate
     from .report import write_report
-    from .train import TrainConfig, _check_early, train
+    from .train import TrainConfig, check_config, train
 
     t_start = time.perf_counter()
     cfg = (config or CompareConfig()).resolved()
@@ -156,7 +156,7 @@ def compare(config: CompareConfig | None = None, *, progress: bool = True) -> Co
 
     train_cfg = TrainConfig.resolve(cfg.recipe, **{**cfg.train, "data": cfg.data, "split": cfg.split,
                                                    "out": os.fspath(out)})
-    _check_early(train_cfg)  # names and sizes fail before any data is loaded
+    check_config(train_cfg)  # names and sizes fail before any data is loaded
     # ---------------------------------------------------------------- data
     t0 = time.perf_counter()
     base = episodes.load_data(cfg.data, cfg.split, image_size=train_cfg.image_size,

@@ -32,6 +32,7 @@ from .checkpoint import save_checkpoint, state_hash
 from .encoders import build_encoder, encoder_spec
 from .errors import FewShotError
 from .preprocess import Preprocess
+from .train import resolve_device
 
 __all__ = ["EPISODIC_HEADS", "EpisodicConfig", "EpisodicResult", "EpisodicHead", "train_episodic"]
 
@@ -179,8 +180,7 @@ def train_episodic(config: EpisodicConfig | dict, data: ImageSet, val: ImageSet 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
-    auto = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(auto if cfg.device == "auto" else cfg.device)
+    device = resolve_device(cfg.device)
     channels = cfg.channels or data.channels
     size = cfg.image_size or data.image_size[0]
     preprocess = Preprocess.fit(data.images, image_size=size, channels=channels)

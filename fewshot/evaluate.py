@@ -46,7 +46,7 @@ CHUNK_BYTES = 1 << 26
 def build_heads(heads: Sequence[str | Any] | str, distance: str | None = None) -> list[Head]:
     """Head objects from names (``"proto,nn:k=5"`` or a list), objects or callables; names unique."""
     if isinstance(heads, str):
-        heads = [h for h in (p.strip() for p in _split_heads(heads)) if h]
+        heads = split_heads(heads)
     kw = {} if distance is None else {"distance": distance}
     out = [get_head(h, **kw) if isinstance(h, str) else get_head(h) for h in heads]
     if not out:
@@ -58,15 +58,16 @@ def build_heads(heads: Sequence[str | Any] | str, distance: str | None = None) -
     return out
 
 
-def _split_heads(text: str) -> list[str]:
-    """Split ``"proto,nn:k=5,weighted=False,ls"`` at commas that start a new head name."""
+def split_heads(text: str) -> list[str]:
+    """Head names of ``"proto,nn:k=5,weighted=False,ls"``, split at commas that start a new head
+    (an option of the previous head stays with it); blanks dropped."""
     parts: list[str] = []
     for piece in text.split(","):
         if parts and "=" in piece and ":" not in piece and ":" in parts[-1]:
             parts[-1] += "," + piece  # another option of the previous head
         else:
             parts.append(piece)
-    return parts
+    return [p.strip() for p in parts if p.strip()]
 
 
 def _chunk_size(e: int, per_episode_rows: int, dim: int) -> int:

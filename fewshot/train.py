@@ -222,7 +222,8 @@ def _dist_info() -> tuple[int, int, int]:
     return rank, world, local
 
 
-def _resolve_device(name: str, local_rank: int) -> torch.device:
+def resolve_device(name: str | None, local_rank: int = 0) -> torch.device:
+    """``auto`` -> CUDA when present, else CPU; one CUDA device per local rank under torchrun."""
     if name in ("auto", None):
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
@@ -313,7 +314,7 @@ def episode_accuracy(features: torch.Tensor, episodes, distance: str = "cosine")
 
 
 # ------------------------------------------------------------------ checks
-def _check_early(cfg: TrainConfig, world: int | None = None) -> None:
+def check_config(cfg: TrainConfig, world: int | None = None) -> None:
     """Checks that need no data: names, positive sizes, batch divisibility. One-line FewShotError."""
     world = _dist_info()[1] if world is None else world
     if isinstance(cfg.encoder, str) and cfg.encoder.lower() not in ENCODERS:
@@ -350,7 +351,7 @@ def _check_early(cfg: TrainConfig, world: int | None = None) -> None:
 
 
 def _check_config(cfg: TrainConfig, data: ImageSet, world: int) -> None:
-    _check_early(cfg, world)
+    check_config(cfg, world)
     if cfg.sampler == "mperclass":
         counts = data.class_counts()
         smallest = int(counts.argmin())
@@ -429,7 +430,7 @@ def train(config: TrainConfig, data: ImageSet, val: ImageSet | None, out_dir: st
     out_dir = Path(out_dir if out_dir is not None else cfg.out or "runs/train")
     rank, world, local_rank = _dist_info()
     distributed = world > 1
-    device = _resolve_device(cfg.device, local_rank)
+    device = resolve_device(cfg.device, local_rank)
     if distributed and not torch.distributed.is_initialized():
         torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
     is_main = rank == 0

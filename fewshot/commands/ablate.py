@@ -7,6 +7,8 @@ import shlex
 import sys
 from pathlib import Path
 
+from .argtypes import key_value
+
 HELP = "run a resumable ablation grid (loss x miner x weights x m x dim x mode x head x shot ...) over seeds"
 
 FACTOR_FLAGS = {  # flag -> (factor, type of one level)
@@ -16,12 +18,6 @@ FACTOR_FLAGS = {  # flag -> (factor, type of one level)
     "batch_size": ("batch_size", int), "heads": ("head", str), "shot": ("shot", int),
     "transform": ("transform", str),
 }
-
-
-def _kv(text: str) -> str:
-    if "=" not in text:
-        raise argparse.ArgumentTypeError(f"expected key=value, got {text!r}")
-    return text
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -54,9 +50,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     f.add_argument("--transform", help="default, none, l2, cl2n")
     o = p.add_argument_group("fixed settings")
     o.add_argument("--recipe", default=None, help="TRAIN recipe the metric cells start from")
-    o.add_argument("--set", action="append", type=_kv, default=[], metavar="K=V",
+    o.add_argument("--set", action="append", type=key_value, default=[], metavar="K=V",
                    help="fixed training setting for metric cells (TrainConfig field), repeatable")
-    o.add_argument("--episodic-set", action="append", type=_kv, default=[], metavar="K=V",
+    o.add_argument("--episodic-set", action="append", type=key_value, default=[], metavar="K=V",
                    help="fixed setting for episodic cells (EpisodicConfig field), repeatable")
     o.add_argument("--seeds", default=None,
                    help="N (seeds 0..N-1) or a comma-separated list (default 3)")
@@ -94,23 +90,15 @@ def _level(text: str, kind, flag: str):
 
 def build_grid(args: argparse.Namespace):
     """The grid of ``--grid`` with every flag applied on top."""
-    from ..ablate import grid_from_dict, tomllib
+    from ..ablate import grid_from_dict, read_grid_file
     from ..errors import FewShotError
     from ..losses import parse_loss_args
 
     doc: dict = {}
     source = None
     if args.grid:
-        path = Path(args.grid)
-        try:
-            doc = tomllib.loads(path.read_text())
-        except FileNotFoundError:
-            raise FewShotError("no such grid file", path) from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise FewShotError(f"cannot read grid file ({exc})", path) from None
-        except tomllib.TOMLDecodeError as exc:
-            raise FewShotError(f"not valid TOML ({exc})", path) from None
-        source = str(path)
+        doc = read_grid_file(args.grid)
+        source = str(Path(args.grid))
     grid = dict(doc.get("grid", {})) if isinstance(doc.get("grid", {}), dict) else doc.get("grid")
     if isinstance(grid, dict):
         for flag, (factor, kind) in FACTOR_FLAGS.items():

@@ -5,23 +5,9 @@ from __future__ import annotations
 import argparse
 import time
 
+from .argtypes import int_list, key_value
+
 HELP = "train an encoder, then compare few-shot heads on novel classes (default: the built-in glyph set)"
-
-
-def _int_list(text: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
-    return values
-
-
-def _kv(text: str) -> str:
-    if "=" not in text:
-        raise argparse.ArgumentTypeError(f"expected key=value, got {text!r}")
-    return text
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -55,12 +41,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     t.add_argument("--lr", type=float, default=None)
     t.add_argument("--seed", type=int, default=None, help="training seed (default: the recipe's, 0)")
     t.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:N")
-    t.add_argument("--set", action="append", type=_kv, default=[], metavar="K=V",
+    t.add_argument("--set", action="append", type=key_value, default=[], metavar="K=V",
                    help="any other training setting, e.g. --set val_episodes=200 (repeatable)")
     t.add_argument("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads)")
     e = p.add_argument_group("evaluation")
     e.add_argument("--heads", default=",".join(DEFAULT_HEADS), help="heads to compare (default: %(default)s)")
-    e.add_argument("--shot", "--shots", dest="shot", type=_int_list, default=[1, 5],
+    e.add_argument("--shot", "--shots", dest="shot", type=int_list, default=[1, 5],
                    help="shots, comma-separated (default 1,5)")
     e.add_argument("--way", type=int, default=5, help="classes per episode (default 5)")
     e.add_argument("--query", type=int, default=15, help="query images per class (default 15)")
@@ -80,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..compare import CompareConfig, compare
     from ..errors import FewShotError
+    from ..evaluate import split_heads
     from ..losses import parse_loss_args
 
     start = time.perf_counter()
@@ -91,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
                  "device": args.device}
     overrides = {k: v for k, v in overrides.items() if v is not None}
     overrides.update(parse_loss_args(args.set))
-    heads = [h for h in (x.strip() for x in _split_heads(args.heads)) if h]
+    heads = split_heads(args.heads)
     if not heads:
         raise FewShotError("--heads names no head")
     cfg = CompareConfig(data=args.data, split=args.split, novel=args.novel, novel_split=args.novel_split,
@@ -110,10 +97,3 @@ def run(args: argparse.Namespace) -> int:
           f"total {time.perf_counter() - start:.1f} s")
     return 0
 
-
-def _split_heads(text: str) -> list[str]:
-    try:
-        from ..evaluate import _split_heads as split
-    except ImportError:  # pragma: no cover
-        return text.split(",")
-    return split(text)

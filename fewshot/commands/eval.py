@@ -6,18 +6,9 @@ import argparse
 import sys
 
 from ..errors import FewShotError
+from .argtypes import int_list
 
 HELP = "score heads (proto, nn, ls, ls-mlp, logreg) on the same novel-class episodes, paired statistics"
-
-
-def _int_list(text: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
-    return values
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -33,7 +24,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--heads", default=",".join(DEFAULT_HEADS),
                    help="comma-separated heads, options as name:key=value (e.g. proto,nn:k=5,ls:lam=1.0); "
                         "default: %(default)s")
-    p.add_argument("--shot", type=_int_list, default=[1, 5], help="shots, comma-separated (default 1,5)")
+    p.add_argument("--shot", type=int_list, default=[1, 5], help="shots, comma-separated (default 1,5)")
     p.add_argument("--way", type=int, default=5, help="classes per episode (default 5)")
     p.add_argument("--query", type=int, default=15, help="query images per class (default 15)")
     p.add_argument("--episodes", type=int, default=2000, help="episodes per shot (default 2000)")

@@ -9,14 +9,9 @@ import warnings
 
 from ..errors import FewShotError
 from ..losses import parse_loss_args
+from .argtypes import key_value
 
 HELP = "train an encoder with a metric loss (+ cross-entropy) on base classes"
-
-
-def _kv(text: str) -> str:
-    if "=" not in text:
-        raise argparse.ArgumentTypeError(f"expected key=value, got {text!r}")
-    return text
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -33,7 +28,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="shipped recipe (omniglot, miniimagenet, glyphs) or a .toml file")
     m = p.add_argument_group("model")
     m.add_argument("--encoder", default=None, help="conv4, resnet12, resnet18, resnet50")
-    m.add_argument("--encoder-arg", action="append", type=_kv, default=None, metavar="K=V",
+    m.add_argument("--encoder-arg", action="append", type=key_value, default=None, metavar="K=V",
                    help="encoder option, e.g. width=128, pool=avg, drop_rate=0.1, weights=FILE")
     m.add_argument("--embedding-dim", type=int, default=None, help="project features to this size")
     m.add_argument("--image-size", type=int, default=None, help="train at this square size")
@@ -43,7 +38,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     o = p.add_argument_group("objective")
     o.add_argument("--loss", default=None, help="circle (default), contrastive, triplet, multisimilarity, "
                    "ntxent, supcon, arcface, proxyanchor")
-    o.add_argument("--loss-arg", action="append", type=_kv, default=None, metavar="K=V",
+    o.add_argument("--loss-arg", action="append", type=key_value, default=None, metavar="K=V",
                    help="loss keyword argument, e.g. m=0.25 (repeatable)")
     o.add_argument("--miner", default=None,
                    help="multisimilarity (default), triplet-semihard, triplet-hard, batch-hard, none")
@@ -57,7 +52,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     s.add_argument("--batch-size", type=int, default=None, help="global batch size (default 64)")
     s.add_argument("--rotate-classes", action=argparse.BooleanOptionalAction, default=None,
                    help="add 90/180/270-degree rotations as new classes")
-    s.add_argument("--augment-arg", action="append", type=_kv, default=None, metavar="K=V",
+    s.add_argument("--augment-arg", action="append", type=key_value, default=None, metavar="K=V",
                    help="augmentation option, e.g. mode=crop, degrees=15, flip=true, elastic=0.03")
     t = p.add_argument_group("optimisation")
     t.add_argument("--optimizer", choices=("sgd", "adamw"), default=None)
@@ -113,11 +108,11 @@ def run(args: argparse.Namespace) -> int:
 
     import episodes
 
-    from ..train import _check_early, train
+    from ..train import check_config, train
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = build_config(args)
-    _check_early(cfg)
+    check_config(cfg)
     if not hasattr(episodes, "load_data"):
         raise FewShotError("episodes.load_data is not available in this installation")
     load = episodes.load_data
