@@ -30,6 +30,7 @@ from torch import nn
 from episodes.atomic import atomic_open
 
 from .errors import FewShotError
+from .features import TRANSFORMS, transform
 from .heads.nn import FittedNN
 from .heads.proto import FittedProto
 from .inference import inference_model, prepare_input, threads
@@ -41,32 +42,19 @@ __all__ = ["FORMAT", "VERSION", "HEAD_KINDS", "FewShotClassifier", "Predictions"
 FORMAT = "fewshot-classifier"
 VERSION = 1
 HEAD_KINDS = ("proto", "ls", "nn")
-TRANSFORMS = ("none", "l2", "cl2n")
 SMALL_BATCH = 16  # predictions on fewer images run single-threaded (see predict_proba)
 
 
 # ------------------------------------------------------------------ features
 def feature_transform(features: torch.Tensor, kind: str,
                       base_mean: torch.Tensor | None = None) -> torch.Tensor:
-    """``none``, ``l2`` (unit length) or ``cl2n`` (subtract the base-class mean, then unit length).
-
-    Uses :func:`fewshot.features.transform` when it is available so adaptation and evaluation agree.
-    """
+    """``none``, ``l2`` (unit length) or ``cl2n`` (subtract the base-class mean, then unit length):
+    :func:`fewshot.features.transform`, so adaptation and evaluation agree."""
     if kind not in TRANSFORMS:
         raise FewShotError(f"unknown feature transform {kind!r}; valid: {', '.join(TRANSFORMS)}")
     if kind == "cl2n" and base_mean is None:
         raise FewShotError("the cl2n transform needs the base-class mean, which this checkpoint lacks")
-    try:
-        from .features import transform as _transform
-    except ImportError:  # EVAL's module not there: the same three transforms, written out
-        _transform = None
-    if _transform is not None:
-        return _transform(features, kind, base_mean=base_mean)
-    if kind == "none":
-        return features
-    if kind == "cl2n":
-        features = features - base_mean.to(features)
-    return nn.functional.normalize(features, dim=-1)
+    return transform(features, kind, base_mean=base_mean)
 
 
 # --------------------------------------------------------------- head states

@@ -168,10 +168,8 @@ def feature_cache_key(checkpoint_hash: str, imageset: ImageSet, preprocess: Any)
 def _load_encoder(checkpoint: Any, device: torch.device) -> tuple[torch.nn.Module, dict]:
     if isinstance(checkpoint, tuple) and len(checkpoint) == 2:
         return checkpoint
-    try:
-        from .checkpoint import load_encoder
-    except ImportError:  # pragma: no cover - TRAIN's module not there yet
-        raise FewShotError("fewshot.checkpoint is not available to load the encoder") from None
+    from .checkpoint import load_encoder
+
     return load_encoder(checkpoint, device=str(device))
 
 

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 from episodes import EpisodeSpec, ImageSet, sample_episodes
 
@@ -628,11 +629,6 @@ def train(config: TrainConfig, data: ImageSet, val: ImageSet | None, out_dir: st
             out["val_accuracy"] = out[key]
         return out
 
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # pragma: no cover
-        tqdm = None
-
     epoch, step = start_epoch, start_step
     sums = run_sums or {"loss": 0.0, "metric": 0.0, "ce": 0.0, "correct": 0.0, "seen": 0, "time": 0.0}
     try:
@@ -646,7 +642,7 @@ def train(config: TrainConfig, data: ImageSet, val: ImageSet | None, out_dir: st
                 gen.manual_seed(_derive_seed(cfg.seed, epoch, 2))
                 sums = {"loss": 0.0, "metric": 0.0, "ce": 0.0, "correct": 0.0, "seen": 0, "time": 0.0}
             bar = None
-            if progress and is_main and tqdm is not None:
+            if progress and is_main:
                 bar = tqdm(total=steps_per_epoch, initial=first, desc=f"epoch {epoch + 1}/{cfg.epochs}",
                            leave=False, file=sys.stderr, dynamic_ncols=True)
             t0 = time.perf_counter()
