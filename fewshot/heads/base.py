@@ -91,7 +91,8 @@ def check_distance(distance: str) -> str:
 
 def one_hot(labels: torch.Tensor, way: int, dtype: torch.dtype) -> torch.Tensor:
     """``[E,S] -> [E,S,way]`` one-hot targets in ``dtype``."""
-    return torch.nn.functional.one_hot(labels.long(), way).to(dtype)
+    out = torch.zeros(*labels.shape, way, dtype=dtype, device=labels.device)
+    return out.scatter_(-1, labels.long().unsqueeze(-1), 1.0)
 
 
 def sq_euclidean(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
