@@ -5,9 +5,11 @@ both times and the ratio (goal: at least 50x). Two batched figures: ``LSHead.fit
 on gathered tensors, and the evaluation path (``fewshot.evaluate.score_episodes``: gather from the
 feature matrix + shared inner products + ``LSHead.score_batch``), which includes the gather.
 Timings are interleaved (batched, half of the sklearn loop, batched, other half, batched; the
-batched figure is the median of its runs); both sides run on one thread (``--threads``).
+batched figure is the median of its runs). Both sides get the same threads: by default all the
+machine's cores, as ``fewshot eval`` and a plain sklearn loop run (and as
+``benchmarks/eval_throughput.py`` compares); ``--threads 1`` is the per-core comparison.
 
-    nice python benchmarks/ls_vs_sklearn.py [--episodes 2000 --dim 640 --lam 1.0]
+    nice python benchmarks/ls_vs_sklearn.py [--episodes 2000 --dim 640 --lam 1.0 --threads N]
 """
 
 from __future__ import annotations
@@ -36,8 +38,10 @@ def main() -> None:
     p.add_argument("--per-class", type=int, default=600)
     p.add_argument("--lam", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=1, help="threads for both sides (default 1)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="threads for both sides (default: torch's default, all cores)")
     args = p.parse_args()
+    args.threads = args.threads or torch.get_num_threads()
     g = torch.Generator().manual_seed(args.seed)
     labels = torch.arange(args.classes).repeat_interleave(args.per_class)
     centres = torch.randn(args.classes, args.dim, generator=g)

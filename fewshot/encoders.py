@@ -10,7 +10,7 @@ An optional linear projection shrinks a wide backbone feature (2048-d for ResNet
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -30,17 +30,22 @@ def _conv_block(cin: int, cout: int) -> nn.Sequential:
 class Conv4(nn.Sequential):
     """ProtoNet's Conv-4: 4 x [3x3 conv ``width``, BN, ReLU, 2x2 max-pool], then flatten or pool.
 
+    ``width``: one channel count for every block (64 in ProtoNet), or four, one per block. Wider
+    late blocks cost little (they run on 7x7 and 3x3 maps at 28x28) and widen the embedding.
     ``last_pool=False`` drops the last max-pool (a 3x3 map, 576-d at 28x28 instead of 64-d).
 
     ``pool="flatten"`` (ProtoNet: 64-d at 28x28, 1600-d at 84x84) or ``"avg"`` (global average,
-    ``width``-d at any size).
+    last-width-d at any size).
     """
 
-    def __init__(self, in_channels: int = 3, width: int = 64, pool: str = "flatten", image_size: int = 84,
-                 last_pool: bool = True):
+    def __init__(self, in_channels: int = 3, width: int | Sequence[int] = 64, pool: str = "flatten",
+                 image_size: int = 84, last_pool: bool = True):
         if pool not in ("flatten", "avg"):
             raise FewShotError(f"conv4 pool must be 'flatten' or 'avg', got {pool!r}")
-        layers = [_conv_block(in_channels, width)] + [_conv_block(width, width) for _ in range(3)]
+        widths = [int(width)] * 4 if isinstance(width, (int, float)) else [int(w) for w in width]
+        if len(widths) != 4 or min(widths) < 1:
+            raise FewShotError(f"conv4 width must be a positive number or four of them, got {width!r}")
+        layers = [_conv_block(cin, cout) for cin, cout in zip([in_channels] + widths[:3], widths)]
         if not last_pool:  # keep the last block's spatial map (3x3 at 28x28): finer stroke layout
             layers[-1] = nn.Sequential(*list(layers[-1])[:-1])
         layers.append(nn.AdaptiveAvgPool2d(1) if pool == "avg" else nn.Identity())
@@ -49,7 +54,7 @@ class Conv4(nn.Sequential):
         side = int(image_size)
         for _ in range(4 if last_pool else 3):
             side //= 2
-        self.out_dim = width if pool == "avg" else width * max(side, 1) ** 2
+        self.out_dim = widths[-1] if pool == "avg" else widths[-1] * max(side, 1) ** 2
 
 
 class _ResBlock12(nn.Module):

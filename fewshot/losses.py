@@ -48,7 +48,11 @@ MINERS: dict[str, Callable[..., BaseMiner] | None] = {
 }
 
 
-def _number(text: str) -> int | float | bool | str:
+def _number(text: str) -> int | float | bool | str | list:
+    """``"3"`` -> 3, ``"0.5"`` -> 0.5, ``"true"`` -> True, ``"64,96"`` -> [64, 96]; else the text."""
+    if "," in text:
+        parts = [_number(part) for part in text.split(",")]
+        return text if any(isinstance(p, str) for p in parts) else parts
     low = text.strip().lower()
     if low in ("true", "false"):
         return low == "true"
@@ -61,7 +65,8 @@ def _number(text: str) -> int | float | bool | str:
 
 
 def parse_loss_args(items: Iterable[str] | dict | None) -> dict:
-    """``["m=0.25", "gamma=80"]`` -> ``{"m": 0.25, "gamma": 80}`` (numbers and booleans parsed)."""
+    """``["m=0.25", "gamma=80"]`` -> ``{"m": 0.25, "gamma": 80}`` (numbers, booleans and
+    comma-separated lists parsed)."""
     if items is None:
         return {}
     if isinstance(items, dict):

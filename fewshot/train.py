@@ -42,7 +42,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 __all__ = ["TrainConfig", "TrainResult", "load_recipe", "RECIPES", "train", "rotate_classes",
-           "synthetic_classes", "episode_accuracy", "embed_images", "embed_tta"]
+           "mirror_classes", "synthetic_classes", "episode_accuracy", "embed_images", "embed_tta"]
 
 RECIPE_DIR = Path(__file__).resolve().parent / "recipes"
 RECIPES = sorted(p.stem for p in RECIPE_DIR.glob("*.toml"))
@@ -79,6 +79,7 @@ class TrainConfig:
     m: int = 4
     batch_size: int = 64
     rotate_classes: bool = False
+    mirror_classes: bool = False
     extra_synthetic_classes: int = 0
     synthetic_per_class: int = 20
     synthetic_thin: float = 3.0
@@ -178,6 +179,20 @@ def rotate_classes(data: ImageSet) -> ImageSet:
                               [n + tag for n in data.class_names], [i + tag for i in data.ids],
                               data.groups, data.name))
     return ImageSet.concat(parts, name=f"{data.name} x4 rotations")
+
+
+def mirror_classes(data: ImageSet) -> ImageSet:
+    """Class augmentation by horizontal mirroring: every mirrored class is a new class (2x classes).
+
+    A mirrored character is a different character, as a rotated one is; with
+    :func:`rotate_classes` the 8 symmetries of the square make 8x classes. Ids and class names get
+    a ``@mirror`` suffix.
+    """
+    tag = "@mirror"
+    mirrored = ImageSet(torch.flip(data.images, (3,)).contiguous(), data.labels,
+                        [n + tag for n in data.class_names], [i + tag for i in data.ids],
+                        data.groups, data.name)
+    return ImageSet.concat([data, mirrored], name=f"{data.name} x2 mirrored")
 
 
 def synthetic_classes(num_classes: int, like: ImageSet, *, per_class: int = 20, seed: int = 0,
@@ -449,6 +464,8 @@ def train(config: TrainConfig, data: ImageSet, val: ImageSet | None, out_dir: st
     base_data = data
     if cfg.rotate_classes:
         data = rotate_classes(data)
+    if cfg.mirror_classes:
+        data = mirror_classes(data)
     real_data = data
     if cfg.extra_synthetic_classes:
         synth = synthetic_classes(int(cfg.extra_synthetic_classes), data,
@@ -502,10 +519,11 @@ def train(config: TrainConfig, data: ImageSet, val: ImageSet | None, out_dir: st
     if loss_params:
         params.append({"params": loss_params})
     if cfg.optimizer == "sgd":
+        # foreach: one fused update over all parameters (torch uses it by default on CUDA only)
         optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0,
-                                    weight_decay=cfg.weight_decay)
+                                    weight_decay=cfg.weight_decay, foreach=True)
     else:
-        optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
 
     batches = _Batches(data.labels, cfg)
     steps_per_epoch = len(batches)

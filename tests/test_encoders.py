@@ -19,6 +19,16 @@ def test_conv4_avg_pool_width_and_projection():
     assert emb.shape == (2, 16) and logits.shape == (2, 5) and model.feature_dim == 32
 
 
+def test_conv4_per_block_widths():
+    model = build_encoder("conv4", in_channels=1, num_classes=5, image_size=28, width=[8, 12, 16, 20],
+                          last_pool=False)
+    emb, _ = model(torch.randn(2, 1, 28, 28))
+    assert emb.shape == (2, 20 * 3 * 3) and model.embedding_dim == 180
+    assert [m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d)] == [8, 12, 16, 20]
+    with pytest.raises(FewShotError, match="four"):
+        build_encoder("conv4", in_channels=1, num_classes=5, width=[8, 12])
+
+
 def test_resnet12_shape_and_dropblock():
     model = build_encoder("resnet12", in_channels=3, num_classes=4, drop_rate=0.1)
     emb, logits = model(torch.randn(2, 3, 32, 32))

@@ -28,6 +28,8 @@ def test_every_loss_with_every_miner_backprops(name):
 def test_loss_args_and_distance_reach_pml_objects():
     args = parse_loss_args(["margin=0.3", "swap=true", "type_of_triplets=all"])
     assert args == {"margin": 0.3, "swap": True, "type_of_triplets": "all"}
+    assert parse_loss_args(["width=64,96", "scale=0.8,1.2", "weights=a,b.pt"]) == {
+        "width": [64, 96], "scale": [0.8, 1.2], "weights": "a,b.pt"}
     loss = build_loss("triplet", distance="euclidean", **{"margin": 0.3})
     assert loss.margin == 0.3 and isinstance(loss.distance, distances.LpDistance)
     miner = build_miner("triplet-semihard", distance="euclidean")

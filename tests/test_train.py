@@ -16,6 +16,7 @@ from fewshot.train import (
     embed_images,
     embed_tta,
     load_recipe,
+    mirror_classes,
     rotate_classes,
     synthetic_classes,
     train,
@@ -204,6 +205,15 @@ def test_rotate_classes_quadruples_classes():
     assert torch.equal(rot.images[len(data)], torch.rot90(data.images[0], 1, (1, 2)))
 
 
+def test_mirror_classes_double_classes_after_rotations():
+    data = digits_set(per_class=4)
+    both = mirror_classes(rotate_classes(data))
+    assert both.num_classes == 80 and len(both) == 8 * len(data)
+    assert torch.equal(both.images[4 * len(data)], torch.flip(data.images[0], (2,)))
+    assert both.class_names[both.labels[4 * len(data)]].endswith("@mirror")
+    assert len(set(both.class_names)) == 80
+
+
 def test_extra_synthetic_classes_co_train_with_real_ones(tmp_path):
     data = digits_set(per_class=8)
     synth = synthetic_classes(6, data, per_class=5, seed=0)
@@ -244,3 +254,20 @@ def test_validation_tta_is_seeded_and_reported_beside_the_plain_figure(tmp_path)
     assert not torch.allclose(a, one) and a.shape == plain.shape
     with pytest.raises(FewShotError, match="val-tta"):
         train(_cfg(val_tta=0), data, val, tmp_path / "bad", progress=False)
+
+
+def test_omniglot_recipe_runs_on_real_omniglot(omniglot_dir, tmp_path):
+    """The shipped Omniglot recipe end to end on real data (rotation + mirror classes, per-block
+    widths, TTA validation), shortened: one small1 alphabet, one epoch, one small2 alphabet."""
+    out = tmp_path / "omni"
+    code = main(["train", "--data", f"omniglot:{omniglot_dir}/images_background_small1.zip?groups=Latin",
+                 "--recipe", "omniglot", "--epochs", "1", "--val-episodes", "20", "--quiet",
+                 "--val", f"omniglot:{omniglot_dir}/images_background_small2.zip?groups=Sanskrit",
+                 "--out", str(out)])
+    assert code == 0
+    resolved = json.loads((out / "config.json").read_text())["resolved"]
+    assert resolved["num_classes"] == 8 * 26                          # 26 Latin letters x 8 symmetries
+    row = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    assert row["val_20w1s"] > 0.1 and row["val_20w1s_plain"] > 0.1    # chance is 0.05
+    model, _ = load_encoder(out / "best.pt")
+    assert model.embedding_dim == 3 * 3 * 256

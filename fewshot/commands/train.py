@@ -52,6 +52,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     s.add_argument("--batch-size", type=int, default=None, help="global batch size (default 64)")
     s.add_argument("--rotate-classes", action=argparse.BooleanOptionalAction, default=None,
                    help="add 90/180/270-degree rotations as new classes")
+    s.add_argument("--mirror-classes", action=argparse.BooleanOptionalAction, default=None,
+                   help="add horizontal mirror images as new classes")
     s.add_argument("--augment-arg", action="append", type=key_value, default=None, metavar="K=V",
                    help="augmentation option, e.g. mode=crop, degrees=15, flip=true, elastic=0.03")
     t = p.add_argument_group("optimisation")
@@ -90,7 +92,8 @@ def build_config(args: argparse.Namespace):
         "channels": args.channels, "download": args.download, "loss": args.loss, "miner": args.miner,
         "distance": args.distance, "w_metric": args.w_metric, "w_ce": args.w_ce,
         "label_smoothing": args.label_smoothing, "sampler": args.sampler, "m": args.m,
-        "batch_size": args.batch_size, "rotate_classes": args.rotate_classes, "optimizer": args.optimizer,
+        "batch_size": args.batch_size, "rotate_classes": args.rotate_classes,
+        "mirror_classes": args.mirror_classes, "optimizer": args.optimizer,
         "lr": args.lr, "weight_decay": args.weight_decay, "epochs": args.epochs,
         "warmup_epochs": args.warmup_epochs, "seed": args.seed, "device": args.device,
         "compile": args.compile, "resume": args.resume, "val_every": args.val_every,
