@@ -120,9 +120,13 @@ def ridge_fit(X: torch.Tensor, Y: torch.Tensor, lam: float | torch.Tensor, *, fi
     return (W[0], b[0]) if single else (W, b)
 
 
-def _centre_gram(K: torch.Tensor) -> torch.Tensor:
-    """``J K J`` with ``J = I - 11ᵀ/n``: the Gram matrix of features centred in feature space."""
-    return K - K.mean(1, keepdim=True) - K.mean(2, keepdim=True) + K.mean((1, 2), keepdim=True)
+def _centre_gram(K: torch.Tensor, inplace: bool = False) -> torch.Tensor:
+    """``J K J`` with ``J = I - 11ᵀ/n``: the Gram matrix of features centred in feature space
+    (``inplace``: overwrite ``K``, a temporary of the caller's)."""
+    rows, cols, total = K.mean(1, keepdim=True), K.mean(2, keepdim=True), K.mean((1, 2), keepdim=True)
+    if inplace:
+        return K.sub_(rows).sub_(cols).add_(total)
+    return K - rows - cols + total
 
 
 def _gram(X: torch.Tensor, fit_intercept: bool) -> torch.Tensor:
@@ -142,9 +146,8 @@ def _small_system(K: torch.Tensor, wd: torch.dtype, fit_intercept: bool) -> torc
 def _cancels(trace: torch.Tensor, Kc: torch.Tensor, digits: float = 3.0) -> bool:
     """Whether centring a low-precision Gram of trace ``trace [E]`` into ``Kc = JKJ`` lost more than
     ``digits`` digits: the rows' common offset dominates their spread (``tr K`` vs ``tr JKJ``)."""
-    total = trace
     centred = Kc.diagonal(dim1=1, dim2=2).sum(-1)
-    return bool((total > 10.0 ** digits * centred.clamp_min(1e-300)).any())
+    return bool((trace > 10.0 ** digits * centred.clamp_min(1e-300)).any())
 
 
 def _spectrum(Xc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -381,13 +384,13 @@ class LSHead:
         Kc = (X @ X.transpose(1, 2)).to(wd, copy=True)  # uncentred K
         row_mean = Kc.mean(1)                          # x_i·x̄ (K is symmetric)
         trace = Kc.diagonal(dim1=1, dim2=2).sum(-1)
-        if self.fit_intercept:                         # J K J, in place on our own copy
-            Kc.sub_(row_mean.unsqueeze(1)).sub_(row_mean.unsqueeze(2)).add_(row_mean.mean(1).view(-1, 1, 1))
+        if self.fit_intercept:
+            _centre_gram(Kc, inplace=True)             # J K J on our own copy
         xm = None
         if self.fit_intercept and X.dtype != wd and _cancels(trace, Kc):
             # a large common offset: the low-precision Gram lost the spread; centre the rows first
             xm = X.mean(1, keepdim=True)
-            Kc = _centre_gram(((X - xm) @ (X - xm).transpose(1, 2)).to(wd))
+            Kc = _small_system(_gram(X, fit_intercept=True), wd, fit_intercept=True)
         Y = one_hot(labels, way, wd)
         alpha, y_mean, lam = _solve_centred(Kc, Y, self.lam, grid=self.grid, criterion=self.criterion,
                                             fit_intercept=self.fit_intercept, owned=True)
