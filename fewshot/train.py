@@ -172,13 +172,8 @@ def rotate_classes(data: ImageSet) -> ImageSet:
     """
     if data.image_size[0] != data.image_size[1]:
         raise FewShotError(f"rotation classes need square images, got {data.image_size}")
-    parts = [data]
-    for k in (1, 2, 3):
-        tag = f"@rot{90 * k}"
-        parts.append(ImageSet(torch.rot90(data.images, k, (2, 3)).contiguous(), data.labels,
-                              [n + tag for n in data.class_names], [i + tag for i in data.ids],
-                              data.groups, data.name))
-    return ImageSet.concat(parts, name=f"{data.name} x4 rotations")
+    parts = [_as_new_classes(data, torch.rot90(data.images, k, (2, 3)), f"@rot{90 * k}") for k in (1, 2, 3)]
+    return ImageSet.concat([data, *parts], name=f"{data.name} x4 rotations")
 
 
 def mirror_classes(data: ImageSet) -> ImageSet:
@@ -188,11 +183,15 @@ def mirror_classes(data: ImageSet) -> ImageSet:
     :func:`rotate_classes` the 8 symmetries of the square make 8x classes. Ids and class names get
     a ``@mirror`` suffix.
     """
-    tag = "@mirror"
-    mirrored = ImageSet(torch.flip(data.images, (3,)).contiguous(), data.labels,
-                        [n + tag for n in data.class_names], [i + tag for i in data.ids],
-                        data.groups, data.name)
+    mirrored = _as_new_classes(data, torch.flip(data.images, (3,)), "@mirror")
     return ImageSet.concat([data, mirrored], name=f"{data.name} x2 mirrored")
+
+
+def _as_new_classes(data: ImageSet, images: torch.Tensor, tag: str) -> ImageSet:
+    """``data``'s labels and groups over transformed ``images``, every class renamed with ``tag``
+    (class names and ids), so that :meth:`ImageSet.concat` keeps them apart from the originals."""
+    return ImageSet(images.contiguous(), data.labels, [n + tag for n in data.class_names],
+                    [i + tag for i in data.ids], data.groups, data.name)
 
 
 def synthetic_classes(num_classes: int, like: ImageSet, *, per_class: int = 20, seed: int = 0,
