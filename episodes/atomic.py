@@ -1,4 +1,5 @@
-"""Atomic file writes: a reader sees the old file or the new one, never half of one.
+"""Atomic file writes (a reader sees the old file or the new one, never half of one), and the
+checked JSON read that goes with them.
 
 Every file the toolkit writes that a user may rely on (checkpoints, classifiers, manifests,
 caches, results) goes through :func:`atomic_open`: write to a temporary file in the same folder,
@@ -9,11 +10,14 @@ crash. A failure at any point removes the temporary file and leaves the old targ
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
+
+from .errors import DatasetError
 
 
 @contextlib.contextmanager
@@ -48,6 +52,18 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     with atomic_open(path, "wb") as fh:
         fh.write(data)
     return Path(path)
+
+
+def read_json(path: str | os.PathLike, *, missing: str, unreadable: str,
+              error: type[Exception] = DatasetError) -> Any:
+    """The JSON document at ``path``; a missing or unreadable file raises ``error(cause, path)``
+    (one line: ``missing``, or ``unreadable`` with the parser's reason)."""
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise error(missing, path) from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise error(f"{unreadable} ({exc})", path) from None
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .atomic import atomic_write_text
+from .atomic import atomic_write_text, read_json
 from .errors import DatasetError
 from .imageset import ImageSet
 from .sampling import Episodes, EpisodeSpec
@@ -45,12 +45,7 @@ def save_manifest(path: str | os.PathLike, episodes: Episodes, data: ImageSet) -
 def load_manifest(path: str | os.PathLike, data: ImageSet) -> Episodes:
     """Episodes from a manifest, as indices into ``data``; refused if ``data`` is another data set."""
     path = Path(path)
-    try:
-        doc = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise DatasetError("no such manifest file", path) from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DatasetError(f"not a readable JSON manifest ({exc})", path) from None
+    doc = read_json(path, missing="no such manifest file", unreadable="not a readable JSON manifest")
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise DatasetError(f"not a fewshot episode manifest (expected format {FORMAT!r})", path)
     try:

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from episodes.atomic import atomic_write_text
+from episodes.atomic import atomic_write_text, read_json
 
 from .errors import FewShotError
 
@@ -310,10 +310,8 @@ def load_results(out_dir: str | os.PathLike) -> dict:
     path = Path(out_dir) / "results.json"
     if not path.exists():
         return {"format": FORMAT, "runs": {}}
-    try:
-        doc = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise FewShotError(f"unreadable ablation results ({exc})", path) from None
+    doc = read_json(path, missing="no such ablation results file", unreadable="unreadable ablation results",
+                    error=FewShotError)
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise FewShotError(f"not a fewshot ablation results file (expected format {FORMAT!r})", path)
     return doc

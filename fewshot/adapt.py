@@ -25,7 +25,6 @@ need the rows themselves, which ``update`` no longer has. Pass ``lam=`` to keep 
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import warnings
@@ -36,6 +35,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from episodes.atomic import read_json
 from episodes.decode import IMAGE_EXTENSIONS, is_image_file
 from episodes.errors import DatasetError
 from episodes.imageset import ImageSet
@@ -218,12 +218,8 @@ def head_from_results(path: str | os.PathLike) -> tuple[str, str | None]:
     the evaluation used (or None).
     """
     path = Path(path)
-    try:
-        doc = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise FewShotError("no such results file", path) from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise FewShotError(f"not a readable results.json ({exc})", path) from None
+    doc = read_json(path, missing="no such results file", unreadable="not a readable results.json",
+                    error=FewShotError)
     rows = _result_rows(doc)
     rows = [r for r in rows if r[0].split(":")[0] in HEAD_KINDS]
     if not rows:
