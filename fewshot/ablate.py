@@ -345,15 +345,7 @@ def metric_config(grid: Grid, factors: dict, seed: int):
     cfg["seed"] = seed
     if grid.device:
         cfg["device"] = grid.device
-    return _make_train_config(TrainConfig, cfg)
-
-
-def _make_train_config(cls, cfg: dict):
-    fields = getattr(cls, "__dataclass_fields__", {})
-    unknown = sorted(set(cfg) - set(fields)) if fields else []
-    if unknown:
-        raise FewShotError(f"unknown training options {unknown} for the metric trainer")
-    return cls(**cfg)
+    return TrainConfig.from_dict(cfg)
 
 
 def episodic_config(grid: Grid, factors: dict, seed: int):

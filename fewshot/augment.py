@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
-from .errors import FewShotError
+from .errors import FewShotError, from_options
 
 __all__ = ["Augment"]
 
@@ -60,12 +60,7 @@ class Augment:
 
     @classmethod
     def from_dict(cls, d: dict | None) -> Augment:
-        d = dict(d or {})
-        unknown = sorted(set(d) - set(cls.__dataclass_fields__))
-        if unknown:
-            raise FewShotError(f"unknown augmentation options {unknown}; known: "
-                               f"{', '.join(cls.__dataclass_fields__)}")
-        return cls(**d)
+        return from_options(cls, dict(d or {}), "augmentation options")
 
     def to_dict(self) -> dict:
         d = asdict(self)

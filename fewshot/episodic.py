@@ -30,7 +30,7 @@ from episodes import EpisodeSpec, ImageSet, sample_episodes
 from .augment import Augment
 from .checkpoint import save_checkpoint, state_hash
 from .encoders import build_encoder, encoder_spec
-from .errors import FewShotError
+from .errors import FewShotError, from_options
 from .preprocess import Preprocess
 from .train import resolve_device
 
@@ -98,11 +98,7 @@ class EpisodicConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> EpisodicConfig:
-        unknown = sorted(set(d) - set(cls.__dataclass_fields__))
-        if unknown:
-            raise FewShotError(f"unknown episodic training options {unknown}; known: "
-                               f"{', '.join(cls.__dataclass_fields__)}")
-        return cls(**d)
+        return from_options(cls, d, "episodic training options")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -13,7 +13,6 @@ DistributedDataParallel and the metric loss sees the global batch (PML's distrib
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
@@ -32,7 +31,7 @@ from episodes import EpisodeSpec, ImageSet, sample_episodes
 from .augment import Augment
 from .checkpoint import load_checkpoint, save_checkpoint, state_hash
 from .encoders import ENCODERS, build_encoder, encoder_spec
-from .errors import FewShotError
+from .errors import FewShotError, from_options
 from .losses import LOSSES, MINERS, PROXY_LOSSES, build_loss, build_miner, distance_name, parse_loss_args
 from .preprocess import Preprocess
 
@@ -109,11 +108,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(k for k in d if k not in names)
-        if unknown:
-            raise FewShotError(f"unknown training settings {unknown}")
-        return cls(**{k: v for k, v in d.items()})
+        return from_options(cls, d, "training settings")
 
     @classmethod
     def resolve(cls, recipe: str | None = None, **overrides) -> TrainConfig:
