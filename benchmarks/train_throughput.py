@@ -8,8 +8,15 @@ Three rates for the same model, loss and optimiser, measured in one run:
      (RandomAffine, ToTensor, Normalize) + DataLoader with worker processes -> step.
 Prints images/s of each and the ratios (pipeline / usual, pipeline / model-only).
 
+With ``--recipe`` the encoder, its options, the image size, the batch size and the augmentation are the
+recipe's (photos: random resized crop, flip and colour jitter, on tensors for fewshot and as the
+torchvision transforms RandomResizedCrop + RandomHorizontalFlip + ColorJitter for the usual way).
+With ``--folder`` the usual way reads the data set's own image files instead of re-written JPEGs.
+
   python benchmarks/train_throughput.py                              # Omniglot small1, Conv-4, 28x28
   python benchmarks/train_throughput.py --encoder resnet12 --image-size 84 --data glyphs --channels 3
+  python benchmarks/train_throughput.py --recipe miniimagenet-conv4 --split base \
+      --data miniimagenet:../shared/data/miniimagenet --folder ../shared/data/miniimagenet/train
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ from fewshot.augment import Augment
 from fewshot.encoders import build_encoder
 from fewshot.losses import build_loss, build_miner
 from fewshot.preprocess import Preprocess
+from fewshot.train import load_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = f"omniglot:{ROOT.parent / 'shared' / 'data' / 'omniglot' / 'images_background_small1.zip'}"
@@ -40,8 +48,7 @@ def make_step(model, device, amp):
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True)
 
     def step(x, y):
-        if device.type == "cuda":
-            x = x.contiguous(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             emb, logits = model(x)
         emb, logits = emb.float(), logits.float()
@@ -65,6 +72,34 @@ def timed(fn, steps, warmup, device, batch):
     return steps * batch / (time.perf_counter() - t0)
 
 
+def write_jpegs(data, root: Path) -> None:
+    """The images of ``data`` as JPEG class folders under ``root`` (for ImageFolder)."""
+    arr = data.images.permute(0, 2, 3, 1).numpy()
+    for i in range(len(data)):
+        folder = root / f"c{int(data.labels[i]):05d}"
+        folder.mkdir(exist_ok=True)
+        img = arr[i, :, :, 0] if data.channels == 1 else arr[i]
+        Image.fromarray(img).save(folder / f"{i}.jpg", quality=95)
+
+
+def usual_transforms(aug: Augment, size: int) -> list:
+    """The torchvision PIL transforms that do what ``aug`` does on tensors."""
+    import torchvision.transforms as T
+    out = []
+    if aug.mode == "crop":
+        out.append(T.RandomResizedCrop(size, scale=aug.scale, ratio=aug.ratio, antialias=True))
+    else:
+        out += [T.Resize((size, size), antialias=True)]
+        if aug.mode == "affine":
+            out.append(T.RandomAffine(aug.degrees, translate=(aug.translate, aug.translate), scale=aug.scale,
+                                      shear=aug.shear or None))
+    if aug.flip:
+        out.append(T.RandomHorizontalFlip())
+    if aug.brightness or aug.contrast or aug.saturation:
+        out.append(T.ColorJitter(aug.brightness, aug.contrast, aug.saturation))
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default=DEFAULT_DATA)
@@ -79,7 +114,16 @@ def main() -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--compile", action="store_true")
+    p.add_argument("--recipe", default=None,
+                   help="take encoder, options, size, batch and augmentation from it")
+    p.add_argument("--folder", default=None, help="class folders of the same images, for the usual way")
     a = p.parse_args()
+    recipe = load_recipe(a.recipe) if a.recipe else {}
+    if recipe:
+        a.encoder = recipe.get("encoder", a.encoder)
+        a.image_size = recipe.get("image_size", a.image_size)
+        a.batch_size = recipe.get("batch_size", a.batch_size)
+    aug_opts = recipe.get("augment", {"degrees": 10, "translate": 0.1, "scale": (0.9, 1.1)})
     if a.threads:
         torch.set_num_threads(a.threads)
     device = torch.device("cuda" if a.device == "auto" and torch.cuda.is_available() else
@@ -91,13 +135,12 @@ def main() -> None:
 
     torch.manual_seed(0)
     model = build_encoder(a.encoder, in_channels=data.channels, num_classes=data.num_classes,
-                          image_size=a.image_size).to(device)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
+                          image_size=a.image_size, **recipe.get("encoder_args", {})).to(device)
+    model = model.to(memory_format=torch.channels_last)
     run_model = torch.compile(model) if a.compile else model
     step = make_step(run_model, device, amp)
     pre = Preprocess.fit(data.images)
-    aug = Augment(degrees=10, translate=0.1, scale=(0.9, 1.1))
+    aug = Augment.from_dict(aug_opts)
     b = a.batch_size
 
     # 1. model only
@@ -129,18 +172,13 @@ def main() -> None:
     from torchvision.datasets import ImageFolder
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        arr = data.images.permute(0, 2, 3, 1).numpy()
-        for i in range(len(data)):
-            folder = Path(tmp) / f"c{int(data.labels[i]):05d}"
-            folder.mkdir(exist_ok=True)
-            img = arr[i, :, :, 0] if data.channels == 1 else arr[i]
-            Image.fromarray(img).save(folder / f"{i}.jpg", quality=95)
+        if a.folder is None:
+            write_jpegs(data, Path(tmp))
         write_s = time.perf_counter() - t0
         mode = "L" if data.channels == 1 else "RGB"
-        tf = T.Compose([T.Lambda(lambda im: im.convert(mode)),
-                        T.RandomAffine(10, translate=(0.1, 0.1), scale=(0.9, 1.1)),
+        tf = T.Compose([T.Lambda(lambda im: im.convert(mode)), *usual_transforms(aug, a.image_size),
                         T.ToTensor(), T.Normalize(pre.mean, pre.std)])
-        ds = ImageFolder(tmp, transform=tf, loader=Image.open)
+        ds = ImageFolder(a.folder or tmp, transform=tf, loader=Image.open)
         loader = torch.utils.data.DataLoader(ds, batch_size=b, shuffle=True, num_workers=a.workers,
                                              drop_last=True, pin_memory=device.type == "cuda",
                                              persistent_workers=a.workers > 0)
@@ -161,7 +199,7 @@ def main() -> None:
     print(f"fewshot pipeline (uint8 + tensor aug): {pipeline:10.0f} img/s  "
           f"= {100 * pipeline / model_only:.1f}% of model-only")
     print(f"ImageFolder + PIL + DataLoader({a.workers}w):  {folder_rate:10.0f} img/s  "
-          f"(JPEG files written in {write_s:.1f} s)")
+          + (f"(JPEG files written in {write_s:.1f} s)" if a.folder is None else f"(reading {a.folder})"))
     print(f"ratio fewshot / ImageFolder: {pipeline / folder_rate:.2f}x")
     np.random.seed(0)
 

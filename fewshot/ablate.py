@@ -57,6 +57,7 @@ TRAIN_FACTORS: dict[str, str] = {
     "epochs": "training epochs",
     "lr": "learning rate",
     "batch_size": "batch size (metric mode)",
+    "checkpoint": "an already trained encoder checkpoint (scored, not trained): e.g. one per source domain",
 }
 EVAL_FACTORS: dict[str, str] = {
     "head": "few-shot head (proto, nn, ls, ls-mlp, logreg, or 'name:key=value')",
@@ -120,6 +121,11 @@ class Grid:
         for mode in self.factors["mode"]:
             if mode not in MODES:
                 raise FewShotError(f"unknown training mode {mode!r}; valid: {', '.join(MODES)}")
+        if "checkpoint" in self.factors:
+            trained = [k for k, v in self.train_factors.items() if k not in ("checkpoint", "mode")]
+            if trained or self.factors["mode"] != ["metric"] or len(self.seeds) != 1:
+                raise FewShotError("checkpoint cells are scored, not trained: give no other training factor "
+                                   f"(got {', '.join(trained) or 'mode'}) and one seed (got {self.seeds})")
 
     @property
     def train_factors(self) -> dict[str, list]:
@@ -201,6 +207,9 @@ def _levels(name: str, value) -> list:
             if not isinstance(v, (int, float)) or v <= 0:
                 raise FewShotError(f"levels of 'lr' must be positive numbers, got {v!r}")
             v = float(v)
+        elif name == "checkpoint":
+            if not isinstance(v, str) or not os.path.isfile(v):
+                raise FewShotError(f"checkpoint level {v!r} is not a file")
         elif name == "transform":
             if v not in ("default", "none", "l2", "cl2n"):
                 raise FewShotError(f"unknown transform {v!r}; valid: default (the checkpoint's), "
@@ -214,6 +223,10 @@ def _levels(name: str, value) -> list:
 
 
 def _cell_id(grid: Grid, factors: dict) -> str:
+    if "checkpoint" in factors:  # the trained weights themselves, wherever the file lives
+        from .checkpoint import load_checkpoint
+        doc: dict = {"checkpoint": load_checkpoint(factors["checkpoint"]).get("hash")}
+        return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:12]
     doc = {"data": grid.data, "split": grid.split, "recipe": grid.recipe, "factors": factors,
            "fixed": grid.episodic if factors.get("mode") == "episodic" else grid.train}
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:12]
@@ -323,8 +336,8 @@ def load_grid_data(grid: Grid):
     from episodes import load_data
 
     fixed = {**load_recipe_safe(grid.recipe), **grid.train}
-    train_data = load_data(grid.data, grid.split, image_size=fixed.get("image_size"),
-                           channels=fixed.get("channels"))
+    train_data = None if "checkpoint" in grid.factors else load_data(
+        grid.data, grid.split, image_size=fixed.get("image_size"), channels=fixed.get("channels"))
     sets = {s.name: load_data(s.data, s.split) for s in grid.eval_sets}
     return train_data, sets
 
@@ -380,7 +393,9 @@ def load_recipe_safe(name: str | None) -> dict:
 
 
 def train_cell(grid: Grid, cell: TrainCell, seed: int, data, out_dir: Path, *, progress: bool = True) -> Path:
-    """Train one cell for one seed; returns the checkpoint to score (``best.pt``)."""
+    """Train one cell for one seed; returns the checkpoint to score (``best.pt``, or the cell's own)."""
+    if "checkpoint" in cell.factors:
+        return Path(cell.factors["checkpoint"]).resolve()
     if cell.factors.get("mode", "metric") == "episodic":
         from .episodic import train_episodic
 
@@ -489,7 +504,7 @@ def run_ablation(grid: Grid, out_dir: str | os.PathLike, *, progress: bool = Tru
     bar = tqdm(total=n_total, initial=n_total - len(todo), desc=f"ablate {grid.name}", unit="cell",
                disable=not progress)
     for cell, seed in todo:
-        if train_data is None:
+        if sets is None:
             train_data, sets = load_grid_data(grid)
             manifests = prepare_manifests(grid, sets, out)
         key = f"{cell.id}/seed{seed}"

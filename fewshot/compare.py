@@ -128,13 +128,6 @@ def default_out_dir(prefix: str = "compare") -> Path:
     return path
 
 
-def _data_dir(spec: str) -> str:
-    """Folder of the first path of a data spec, for the ``{data_dir}`` placeholder of recipes."""
-    body = spec.split(":", 1)[1] if ":" in spec else spec
-    first = body.split("?", 1)[0].split("+", 1)[0]
-    return os.path.dirname(os.path.abspath(first)) if first else os.getcwd()
-
-
 def _say(msg: str, progress: bool) -> None:
     if progress:
         print(f"fewshot compare: {msg}", file=sys.stderr, flush=True)
@@ -147,7 +140,7 @@ def compare(config: CompareConfig | None = None, *, progress: bool = True) -> Co
 
     from .evaluate import build_heads, evaluate
     from .report import write_report
-    from .train import TrainConfig, check_config, train
+    from .train import TrainConfig, check_config, fill_placeholders, train
 
     t_start = time.perf_counter()
     cfg = (config or CompareConfig()).resolved()
@@ -167,7 +160,7 @@ def compare(config: CompareConfig | None = None, *, progress: bool = True) -> Co
     if not val_spec and cfg.kind in SPLIT_KINDS and cfg.split == "base":
         val_spec = cfg.data  # the source's own val split
     if val_spec:
-        val_spec = val_spec.replace("{data_dir}", _data_dir(cfg.data))
+        val_spec = fill_placeholders(val_spec, cfg.data)
         try:
             val = episodes.load_data(val_spec, cfg.val_split if cfg.val else _default_val_split(val_spec),
                                      image_size=base.image_size, channels=base.channels)

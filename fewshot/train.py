@@ -18,6 +18,7 @@ import math
 import os
 import sys
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -41,7 +42,8 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 __all__ = ["TrainConfig", "TrainResult", "load_recipe", "RECIPES", "train", "rotate_classes",
-           "mirror_classes", "synthetic_classes", "episode_accuracy", "embed_images", "embed_tta"]
+           "mirror_classes", "synthetic_classes", "fill_placeholders", "episode_accuracy", "embed_images",
+           "embed_tta"]
 
 RECIPE_DIR = Path(__file__).resolve().parent / "recipes"
 RECIPES = sorted(p.stem for p in RECIPE_DIR.glob("*.toml"))
@@ -117,6 +119,7 @@ class TrainConfig:
         if recipe:
             base.update(load_recipe(recipe))
             base["recipe"] = recipe
+            _drop_foreign_encoder_args(base, overrides.get("encoder"), recipe)
         for key, value in overrides.items():
             if value is None:
                 continue
@@ -156,6 +159,30 @@ def load_recipe(name: str) -> dict:
             return tomllib.load(fh)
     except tomllib.TOMLDecodeError as exc:
         raise FewShotError(f"bad recipe TOML ({exc})", path) from None
+
+
+def _drop_foreign_encoder_args(recipe_dict: dict, encoder, recipe: str) -> None:
+    """A recipe's ``[encoder_args]`` belong to the recipe's own encoder: when ``--encoder`` names
+    another one they are dropped, with a one-line note, instead of failing inside the constructor."""
+    own = str(recipe_dict.get("encoder", TrainConfig.encoder)).lower()
+    args = recipe_dict.get("encoder_args")
+    if encoder is None or not isinstance(encoder, str) or encoder.lower() == own or not args:
+        return
+    del recipe_dict["encoder_args"]
+    shown = ", ".join(f"{k}={v}" for k, v in args.items())
+    warnings.warn(f"recipe {recipe}: encoder options {shown} are for {own}; not applied to {encoder}",
+                  stacklevel=3)
+
+
+def fill_placeholders(spec: str, data_spec: str) -> str:
+    """A recipe's data spec with ``{data_path}`` (the first path of ``data_spec``) and ``{data_dir}``
+    (the folder holding it) filled in: how a recipe names validation data that sits beside, or
+    inside, the training data (``omniglot:{data_dir}/small2.zip``, ``miniimagenet:{data_path}?split=val``)."""
+    body = data_spec.split(":", 1)[1] if ":" in data_spec else data_spec
+    first = body.split("?", 1)[0].split("+", 1)[0]
+    path = os.path.abspath(first) if first else os.getcwd()
+    data_dir = os.path.dirname(path) if first else path
+    return spec.replace("{data_path}", path).replace("{data_dir}", data_dir)
 
 
 # -------------------------------------------------------------------- helpers

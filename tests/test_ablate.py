@@ -205,3 +205,31 @@ def test_summary_pairs_by_seed_and_episode_across_training_modes():
     assert all(c["context"]["episodic_head"] in ("proto", "ls") for c in modes)
     heads = [c for c in summary["comparisons"] if c["factor"] == "head"]
     assert heads and all(c["verdict"] == "no significant difference" and c["diff"] == 0 for c in heads)
+
+
+def test_checkpoint_cells_are_scored_not_trained(tmp_path):
+    """Trained encoders as a factor (e.g. one per source domain): scored on every set, paired per set."""
+    from episodes import load_data
+    from fewshot.train import TrainConfig, train
+
+    data = load_data(TINY, "base")
+    paths = []
+    for seed in (0, 1):
+        cfg = TrainConfig.resolve("glyphs", epochs=1, val_episodes=10, val_query=3, seed=seed, device="cpu")
+        paths.append(str(train(cfg, data, None, tmp_path / f"enc{seed}", progress=False).best_path))
+    doc = {"name": "ckpt", "seeds": [0], "grid": {"checkpoint": paths, "head": ["proto"], "shot": [1]},
+           "eval": {"episodes": 20, "query": 4, "sets": [{"name": "a", "data": TINY, "split": "novel"},
+                                                          {"name": "b", "data": "digits"}]}}
+    grid = grid_from_dict(doc)
+    assert [c.factors["checkpoint"] for c in grid.cells()] == paths
+    result = run_ablation(grid, tmp_path / "out", progress=False)
+    runs = list(result.results["runs"].values())
+    assert len(runs) == 2 and all(r["train_seconds"] < 5 for r in runs)
+    assert {rec["set"] for r in runs for rec in r["records"]} == {"a", "b"}
+    assert not (tmp_path / "out" / "cells" / grid.cells()[0].id / "seed0" / "best.pt").exists()
+    summary = (tmp_path / "out" / "summary.md").read_text()
+    assert "checkpoint" in summary
+    with pytest.raises(FewShotError, match="scored, not trained"):
+        grid_from_dict({**doc, "seeds": [0, 1]})
+    with pytest.raises(FewShotError, match="not a file"):
+        grid_from_dict({**doc, "grid": {"checkpoint": [str(tmp_path / "nope.pt")]}})

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import warnings
 
@@ -77,13 +76,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     v.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
-def _data_dir(spec: str) -> str:
-    """Folder of the first path in a data spec (``kind:PATH[+PATH]?query``), for recipe placeholders."""
-    body = spec.split(":", 1)[1] if ":" in spec else spec
-    first = body.split("?", 1)[0].split("+", 1)[0]
-    return os.path.dirname(os.path.abspath(first)) if first else os.getcwd()
-
-
 def build_config(args: argparse.Namespace):
     from ..train import TrainConfig
     overrides = {
@@ -111,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
 
     import episodes
 
-    from ..train import check_config, train
+    from ..train import check_config, fill_placeholders, train
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = build_config(args)
@@ -123,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
     data = load(cfg.data, split, image_size=cfg.image_size, channels=cfg.channels)
     val = None
     if cfg.val:
-        spec = cfg.val.replace("{data_dir}", _data_dir(cfg.data))
+        spec = fill_placeholders(cfg.val, cfg.data)
         explicit = args.val is not None
         try:
             val = load(spec, args.val_split if explicit else None, image_size=data.image_size,
