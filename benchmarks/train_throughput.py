@@ -104,10 +104,10 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default=DEFAULT_DATA)
     p.add_argument("--split", default=None)
-    p.add_argument("--encoder", default="conv4")
-    p.add_argument("--image-size", type=int, default=28)
+    p.add_argument("--encoder", default=None, help="default: the recipe's, else conv4")
+    p.add_argument("--image-size", type=int, default=None, help="default: the recipe's, else 28")
     p.add_argument("--channels", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=None, help="default: the recipe's, else 64")
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--workers", type=int, default=2)
@@ -119,10 +119,9 @@ def main() -> None:
     p.add_argument("--folder", default=None, help="class folders of the same images, for the usual way")
     a = p.parse_args()
     recipe = load_recipe(a.recipe) if a.recipe else {}
-    if recipe:
-        a.encoder = recipe.get("encoder", a.encoder)
-        a.image_size = recipe.get("image_size", a.image_size)
-        a.batch_size = recipe.get("batch_size", a.batch_size)
+    a.encoder = a.encoder or recipe.get("encoder", "conv4")
+    a.image_size = a.image_size or recipe.get("image_size", 28)
+    a.batch_size = a.batch_size or recipe.get("batch_size", 64)
     aug_opts = recipe.get("augment", {"degrees": 10, "translate": 0.1, "scale": (0.9, 1.1)})
     if a.threads:
         torch.set_num_threads(a.threads)

@@ -144,6 +144,7 @@ class TrainResult:
     val_accuracy: float | None
     held_out_classes: list | None = None
     config: TrainConfig | None = None
+    model: torch.nn.Module | None = None  # the trained encoder in memory (the last epoch's weights)
 
 
 def load_recipe(name: str) -> dict:
@@ -737,6 +738,9 @@ def train(config: TrainConfig, data: ImageSet, val: ImageSet | None, out_dir: st
                                     img_s=f"{sums['seen'] / max(elapsed, 1e-9):.0f}", refresh=False)
                     bar.update(1)
             sums["time"] += time.perf_counter() - t0
+            if distributed:  # BN running stats saw each rank's own last batch: every rank keeps rank 0's
+                for buf in model.buffers():
+                    torch.distributed.broadcast(buf, 0)
             if bar is not None:
                 bar.close()
             step = steps_per_epoch
@@ -791,4 +795,4 @@ def train(config: TrainConfig, data: ImageSet, val: ImageSet | None, out_dir: st
         if distributed and torch.distributed.is_initialized():
             torch.distributed.barrier()
     return TrainResult(out_dir, best_path, last_path, metrics, best_acc if best_acc >= 0 else None,
-                       held_out, cfg)
+                       held_out, cfg, model)
