@@ -166,6 +166,13 @@ def test_cli_adapt_then_predict_csv_accuracy_confusion(checkpoint, folders, tmp_
     assert f"accuracy: {acc:.4f}" in printed and csv_path.read_text() in printed
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
+    # without --out or --confusion predict prints and writes nothing
+    here = tmp_path / "cwd"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    assert main(["predict", "--model", str(model), str(query)]) == 0
+    assert "accuracy:" in capsys.readouterr().out and not list(here.iterdir())
+
     # '-' reads paths from stdin; --reject 1.0 rejects everything
     files = sorted(str(p) for p in query.rglob("*.png"))[:4]
     monkeypatch.setattr("sys.stdin", io.StringIO("\n".join(files) + "\n"))

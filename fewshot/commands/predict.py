@@ -31,8 +31,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--strict", action="store_true", help="unreadable or non-image files are errors")
     parser.add_argument("--confusion", metavar="PNG",
-                        help="confusion-matrix image for labelled folders (default: beside --out, "
-                             "else ./confusion_matrix.png)")
+                        help="confusion-matrix image for labelled folders (default: beside --out; "
+                             "none without --out)")
     parser.add_argument("--device", default="cpu")
 
 
@@ -127,7 +127,8 @@ def run(args: argparse.Namespace) -> int:
                   f"e.g. {unknown_classes[0]!r}")
         labels = list(clf.class_names) + unknown_classes + (["unknown"] if "unknown" in y_pred else [])
         png = Path(args.confusion) if args.confusion else (
-            Path(args.out).with_suffix(".confusion.png") if args.out else Path("confusion_matrix.png"))
-        confusion_png(png, y_true, y_pred, labels)
-        print(f"wrote {png}")
+            Path(args.out).with_suffix(".confusion.png") if args.out else None)
+        if png is not None:  # files only where asked: --confusion, or beside --out
+            confusion_png(png, y_true, y_pred, labels)
+            print(f"wrote {png}")
     return 0
