@@ -37,6 +37,7 @@ from .imageset import ImageSet
 from .sampling import Episodes
 
 KINDS = ("glyphs", "omniglot", "omniglot-runs", "miniimagenet", "folder", "digits")
+SPLIT_KINDS = ("glyphs", "miniimagenet")  # kinds whose sources always hold base / val / novel splits
 _NEEDS_PATH = {"omniglot", "omniglot-runs", "miniimagenet", "folder"}
 COMMON_OPTIONS = ("groups", "exclude_groups", "max_per_class", "split")
 KIND_OPTIONS = {"glyphs": ("seed", "per_class", "alphabets"), "folder": ("strict",)}
@@ -90,6 +91,15 @@ def _int(options: dict[str, str], key: str, default: int | None = None) -> int |
     if value < (0 if key == "seed" else 1):
         raise DatasetError(f"option {key}={value} is out of range")
     return value
+
+
+def training_split(spec: str, split: str | None = None) -> str | None:
+    """The split to train on: ``split`` when given or named in the spec, else ``base`` for the kinds
+    whose sources hold splits (a whole miniImageNet root would put the val classes in training)."""
+    parsed = parse_spec(spec)
+    if split is not None or "split" in parsed.options:
+        return split
+    return "base" if parsed.kind in SPLIT_KINDS else None
 
 
 def _split(split: str | None, kind: str, allowed: tuple[str | None, ...]) -> str | None:

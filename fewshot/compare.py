@@ -20,13 +20,13 @@ from datetime import datetime
 from pathlib import Path
 
 from episodes.atomic import atomic_write_text
+from episodes.specs import SPLIT_KINDS
 
 from .errors import FewShotError
 
 __all__ = ["DEFAULT_HEADS", "CompareConfig", "CompareResult", "compare", "default_out_dir"]
 
 DEFAULT_HEADS = ("proto", "nn", "ls", "ls-mlp")
-SPLIT_KINDS = ("glyphs", "miniimagenet")   # data kinds with base / val / novel splits
 
 
 @dataclass

@@ -499,6 +499,10 @@ def train(config: TrainConfig, data: ImageSet, val: ImageSet | None, out_dir: st
     _check_config(cfg, data, world)
     if val.num_classes < cfg.val_way:
         raise FewShotError(f"validation has {val.num_classes} classes; {cfg.val_way}-way episodes need more")
+    shared = sorted(set(val.class_names) & set(base_data.class_names))
+    if shared:
+        raise FewShotError(f"the validation classes overlap the training classes ({len(shared)} shared, e.g. "
+                           f"{shared[0]!r}): its figures would be meaningless; train on the base split only")
 
     torch.manual_seed(cfg.seed)
     if device.type == "cuda":

@@ -48,6 +48,8 @@ def test_conv4_recipe_trains_one_short_epoch_and_evaluates(mini_root, tmp_path, 
                "--out", str(run), "--quiet", "--threads", "2"])
     assert rc == 0, capsys.readouterr().err
     ckpt = load_checkpoint(run / "best.pt")
+    assert len(ckpt["base_classes"]) == 64  # a root's base split only: never its val classes
+    assert json.loads((run / "config.json").read_text())["split"] == "base"
     assert ckpt["encoder"]["name"] == "conv4" and ckpt["encoder"]["kwargs"]["width"] == [32, 64, 128, 256]
     assert ckpt["preprocess"]["image_size"] == [84, 84] and ckpt["preprocess"]["channels"] == 3
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -137,3 +139,24 @@ def test_class_smaller_than_shot_plus_query_is_named(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "n04" in err[0]
     assert not (tmp_path / "e.json").exists()
+
+
+def test_training_split_defaults_to_base():
+    from episodes.specs import training_split
+    assert training_split("miniimagenet:/r") == "base" and training_split("glyphs") == "base"
+    assert training_split("miniimagenet:/r?split=val") is None  # the spec's own choice stands
+    assert training_split("miniimagenet:/r", "val") == "val"
+    assert training_split("omniglot:/a.zip") is None and training_split("folder:/x") is None
+
+
+def test_validation_classes_inside_training_are_refused(tmp_path):
+    from _train_data import digits_set
+
+    from fewshot.errors import FewShotError
+    from fewshot.train import train
+
+    data = digits_set()
+    cfg = TrainConfig(epochs=1, batch_size=16, m=4, val_way=3, val_shots=[1], val_episodes=5, device="cpu")
+    with pytest.raises(FewShotError, match="overlap the training classes"):
+        train(cfg, data, data.select_classes(data.class_names[:4]), tmp_path / "run", progress=False)
+    assert not (tmp_path / "run" / "last.pt").exists()

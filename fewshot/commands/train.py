@@ -111,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
     if not hasattr(episodes, "load_data"):
         raise FewShotError("episodes.load_data is not available in this installation")
     load = episodes.load_data
-    split = cfg.split
+    split = cfg.split = episodes.specs.training_split(cfg.data, cfg.split)
     data = load(cfg.data, split, image_size=cfg.image_size, channels=cfg.channels)
     val = None
     if cfg.val:
