@@ -712,8 +712,11 @@ def write_summary(grid: Grid, summary: dict, out_dir: Path, *, command: str | No
     if command:
         lines += ["```bash", command, "```", ""]
     n_cells = len(grid.cells())
-    lines += [f"Training data `{grid.data}` (split {grid.split}), recipe `{grid.recipe or 'default'}`; "
-              f"{n_cells} training cell(s) x {len(grid.seeds)} seed(s) {grid.seeds}; "
+    trained = (f"{n_cells} trained encoder(s), scored, not trained (weights hash in each cell id)"
+               if "checkpoint" in grid.factors else
+               f"Training data `{grid.data}` (split {grid.split}), recipe `{grid.recipe or 'default'}`; "
+               f"{n_cells} training cell(s) x {len(grid.seeds)} seed(s) {grid.seeds}")
+    lines += [f"{trained}; "
               f"{grid.way}-way, {grid.query} queries per class, {grid.episodes} fixed episodes per "
               f"evaluation set (manifests in `episodes/`), seed {grid.episode_seed}.", ""]
     described = [f"`{s.name}` = `{s.data}`" + (f" ({s.split})" if s.split else "")
