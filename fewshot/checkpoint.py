@@ -18,7 +18,7 @@ from episodes.atomic import atomic_open
 
 from .encoders import INIT_ONLY, build_encoder
 from .errors import FewShotError
-from .faults import nonfinite_names
+from .faults import all_finite, nonfinite_names
 from .preprocess import Preprocess
 
 __all__ = ["FORMAT", "save_checkpoint", "load_checkpoint", "load_encoder", "state_hash",
@@ -60,9 +60,13 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
 def check_finite_checkpoint(ckpt: dict, path: str | os.PathLike | None = None) -> None:
     """Refuse a checkpoint whose weights, buffers or base mean hold NaN or inf, in one line: every
     figure computed from it would be silently wrong (features at chance, NaN probabilities)."""
-    model = ckpt.get("model")
-    bad = nonfinite_names(model) if isinstance(model, dict) else []
-    bad += nonfinite_names({k: ckpt[k] for k in ("base_mean",) if isinstance(ckpt.get(k), torch.Tensor)})
+    named = dict(ckpt["model"]) if isinstance(ckpt.get("model"), dict) else {}
+    if isinstance(ckpt.get("base_mean"), torch.Tensor):
+        named["base_mean"] = ckpt["base_mean"]
+    tensors = [t for t in named.values() if isinstance(t, torch.Tensor)]
+    if bool(all_finite(tensors)):  # one fused check; the names only when it fails
+        return
+    bad = nonfinite_names(named)
     if bad:
         raise FewShotError(f"checkpoint holds non-finite values ({len(bad)} tensor(s), e.g. {bad[0]}); "
                            "it cannot be used: train again (lower --lr) or use an earlier checkpoint", path)

@@ -31,7 +31,11 @@ __all__ = ["commit_epoch", "write_metrics", "read_metrics", "reconcile"]
 
 def write_metrics(path: str | os.PathLike, rows: list[dict]) -> None:
     """``metrics.jsonl``: one JSON object per epoch, the whole file replaced atomically."""
-    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
+    atomic_write_text(path, _jsonl(rows))
+
+
+def _jsonl(rows: list[dict]) -> str:
+    return "".join(json.dumps(r) + "\n" for r in rows)
 
 
 def commit_epoch(out_dir: Path, ckpt: dict, improved: bool, rows: list[dict]) -> None:
@@ -79,7 +83,7 @@ def reconcile(out_dir: Path, ckpt: dict) -> list[dict]:
     epoch = int(ckpt.get("epoch", 0))
     rows = ckpt.get("metrics")
     rows = [r for r in on_disk if r["epoch"] <= epoch] if rows is None else list(rows)
-    if on_disk != rows:
+    if not metrics_path.exists() or metrics_path.read_text(errors="replace") != _jsonl(rows):
         write_metrics(metrics_path, rows)
     best = ckpt.get("best")
     if best and best.get("hash"):

@@ -658,8 +658,8 @@ def train(config: TrainConfig, data: ImageSet, val: ImageSet | None, out_dir: st
             names = nonfinite_names({**model.state_dict(), **{f"loss.{k}": v for k, v in
                                                              metric_loss.state_dict().items()}})
             shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
-            raise FewShotError(f"weights became non-finite ({shown or 'on another process'}) by epoch "
-                               f"{epoch + 1} step {step + 1}; stopped, {kept()} (try a lower --lr)")
+            raise FewShotError(f"weights became non-finite ({shown or 'elements beyond float32 range'}) "
+                               f"by epoch {epoch + 1} step {step + 1}; stopped, {kept()} (try a lower --lr)")
 
     def validate(with_tta: bool) -> dict:
         """Episode accuracy on ``val``. With ``val_tta > 1`` the plain figure is always kept (keys
