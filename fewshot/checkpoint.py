@@ -28,7 +28,10 @@ FORMAT = "fewshot-checkpoint/1"
 
 
 def save_checkpoint(path: str | os.PathLike, obj: dict) -> Path:
-    """Write ``obj`` to ``path`` atomically (temporary file, fsync, rename, fsync of the folder)."""
+    """Write ``obj`` to ``path`` atomically (temporary file, fsync, rename, fsync of the folder).
+
+    A state with NaN / inf weights is never written (FewShotError; the old file stays)."""
+    check_finite_checkpoint(obj, path, "not written; the previous file, if any, is intact")
     with atomic_open(path, "wb") as fh:
         torch.save({"format": FORMAT, **obj}, fh)
     return Path(path)
@@ -57,7 +60,9 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     return obj
 
 
-def check_finite_checkpoint(ckpt: dict, path: str | os.PathLike | None = None) -> None:
+def check_finite_checkpoint(ckpt: dict, path: str | os.PathLike | None = None,
+                            consequence: str = "it cannot be used: train again (lower --lr) or use an "
+                                               "earlier checkpoint") -> None:
     """Refuse a checkpoint whose weights, buffers or base mean hold NaN or inf, in one line: every
     figure computed from it would be silently wrong (features at chance, NaN probabilities)."""
     named = dict(ckpt["model"]) if isinstance(ckpt.get("model"), dict) else {}
@@ -69,7 +74,7 @@ def check_finite_checkpoint(ckpt: dict, path: str | os.PathLike | None = None) -
     bad = nonfinite_names(named)
     if bad:
         raise FewShotError(f"checkpoint holds non-finite values ({len(bad)} tensor(s), e.g. {bad[0]}); "
-                           "it cannot be used: train again (lower --lr) or use an earlier checkpoint", path)
+                           f"{consequence}", path)
 
 
 def state_hash(state_dict: dict) -> str:

@@ -384,7 +384,9 @@ def _check_config(cfg: TrainConfig, data: ImageSet, world: int) -> None:
 
 
 def _compare_resume(ckpt: dict, spec: dict, fingerprint: str, path: str) -> None:
-    old = ckpt.get("encoder", {})
+    old = dict(ckpt.get("encoder", {}))
+    if isinstance(old.get("kwargs"), dict):  # where the starting weights came from is no part of the model
+        old["kwargs"] = {k: v for k, v in old["kwargs"].items() if k not in INIT_ONLY}
     diffs = []
     for key in ("name", "in_channels", "num_classes", "embedding_dim", "kwargs"):
         if old.get(key) != spec.get(key):

@@ -295,6 +295,15 @@ def test_loading_refuses_a_non_finite_checkpoint(reference, tmp_path, capsys):
     assert code == 2 and len(err.splitlines()) == 1 and "non-finite" in err and str(bad) in err
 
 
+def test_save_refuses_non_finite_weights(reference, tmp_path):
+    ckpt = load_checkpoint(reference / "last.pt")
+    shutil.copy(reference / "last.pt", tmp_path / "last.pt")
+    ckpt["model"]["classifier.weight"][0, 0] = float("nan")
+    with pytest.raises(FewShotError, match="non-finite values .*classifier.weight.*not written"):
+        save_checkpoint(tmp_path / "last.pt", ckpt)
+    assert load_checkpoint(tmp_path / "last.pt")["hash"] == ckpt["hash"]  # the old file is intact
+
+
 # ------------------------------------------------------------------- files and options
 def test_orphan_temporary_files_are_cleaned_on_the_next_write(tmp_path):
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
