@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from _train_data import digits_set
+from _train_data import digits_set, one_thread, tiny_config  # noqa: F401 (an autouse fixture)
 
 from episodes.atomic import _HOST, atomic_write_text, clean_orphans
 from fewshot.augment import Augment
@@ -24,25 +24,14 @@ from fewshot.checkpoint import load_checkpoint, load_encoder, save_checkpoint
 from fewshot.cli import main
 from fewshot.encoders import Encoder, build_encoder
 from fewshot.errors import FewShotError
-from fewshot.train import TrainConfig, load_recipe, train
+from fewshot.train import load_recipe, train
 
 STEPS = 5  # steps per epoch: 84 training images, batch 16
 TIMING = ("img_per_s", "epoch_time_s")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _cfg(**kw):
-    base = dict(epochs=2, batch_size=16, m=4, val_way=3, val_shots=[1], val_episodes=10, val_query=5,
-                lr=0.05, encoder_args={"width": 16})
-    base.update(kw)
-    return TrainConfig(**base)
+    return tiny_config(**{"val_episodes": 10, "encoder_args": {"width": 16}, **kw})
 
 
 @pytest.fixture(scope="module")
