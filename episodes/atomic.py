@@ -4,7 +4,9 @@ checked JSON read that goes with them.
 Every file the toolkit writes that a user may rely on (checkpoints, classifiers, manifests,
 caches, results) goes through :func:`atomic_open`: write to a temporary file in the same folder,
 flush and fsync it, rename it over the target, then fsync the folder so the rename survives a
-crash. A failure at any point removes the temporary file and leaves the old target untouched.
+crash. A failure at any point removes the temporary file and leaves the old target untouched;
+a kill leaves it behind, and the next write to the folder removes it (:func:`clean_orphans`).
+The file gets the mode the user's umask gives a new file (not ``mkstemp``'s 0600).
 """
 
 from __future__ import annotations
@@ -21,6 +23,11 @@ from typing import IO, Any
 
 from .errors import DatasetError
 
+# Temporary files carry their writer (host and process id), so that the next write to the folder
+# can tell an orphan of a killed write (same host, process gone) from a live write of another process.
+_HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:40] or "host"
+_ORPHAN = re.compile(r"^\..+\.(?P<host>[A-Za-z0-9-]+)~(?P<pid>\d+)~\..*tmp")
+
 
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike, mode: str = "wb", suffix: str = ".tmp") -> Iterator[IO]:
@@ -36,7 +43,8 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb", suffix: str = ".tmp")
         with os.fdopen(fd, mode, **({} if "b" in mode else {"newline": ""})) as fh:
             yield fh
             fh.flush()
-            os.fchmod(fh.fileno(), 0o666 & ~_umask())  # mkstemp makes 0600; follow the umask
+            if hasattr(os, "fchmod"):  # mkstemp makes 0600; follow the umask (POSIX)
+                os.fchmod(fh.fileno(), 0o666 & ~_umask())
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
@@ -44,12 +52,6 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb", suffix: str = ".tmp")
             os.unlink(tmp)
         raise
     _fsync_dir(path.parent)
-
-
-# Temporary files carry their writer (host and process id), so that the next write to the folder
-# can tell an orphan of a killed write (same host, process gone) from a live write of another process.
-_HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:40] or "host"
-_ORPHAN = re.compile(r"^\..+\.(?P<host>[A-Za-z0-9-]+)~(?P<pid>\d+)~\..*tmp")
 
 
 def clean_orphans(folder: str | os.PathLike) -> list[Path]:
