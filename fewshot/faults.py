@@ -6,6 +6,8 @@
 * :class:`StepSnapshot`: what a step changes before its optimizer update (the RNG states drawn by
   augmentation and dropout, the batch-norm running statistics updated by the forward pass), so a
   ``KeyboardInterrupt`` that lands in that part of the step is rolled back and the step redone.
+* :func:`save_interrupted`: what the training loop saves on a ``KeyboardInterrupt``, by where in the
+  step it landed (rolled back, finished, or nothing written).
 * :func:`all_finite` / :func:`nonfinite_names`: one fused check over every weight and buffer
   (``torch._foreach_norm``: one kernel per dtype/device group, one host sync), and the names of the
   culprits for the error message.
@@ -14,12 +16,14 @@
 from __future__ import annotations
 
 import signal
+import sys
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
 
 import torch
 
-__all__ = ["DeferredInterrupt", "StepSnapshot", "all_finite", "nonfinite_names"]
+__all__ = ["DeferredInterrupt", "StepSnapshot", "all_finite", "nonfinite_names", "save_interrupted"]
 
 
 class DeferredInterrupt:
@@ -111,3 +115,39 @@ def nonfinite_names(named: Mapping[str, object]) -> list[str]:
         elif isinstance(value, Mapping):
             out += [f"{key}.{k}" for k in nonfinite_names(value)]
     return out
+
+
+def save_interrupted(cur: dict, snapshot: StepSnapshot, book: Callable, finite: Callable[[], bool],
+                      make_state: Callable[[tuple], dict], last_path: Path, saved: tuple | None) -> None:
+    """Save a consistent state after a KeyboardInterrupt, wherever in a step it landed.
+
+    Before the optimizer update the step is rolled back (RNGs, batch-norm statistics) and redone
+    on resume; after it the step is finished (scheduler, sums); inside it, or inside the epoch-end
+    writes, nothing is written and the last consistent checkpoint stays. Non-finite weights are
+    never written.
+    """
+    phase, at = cur["phase"], cur["at"]
+    if phase == "step":
+        snapshot.restore()
+    elif phase == "stepped":
+        book(*at)
+        at = cur["at"]
+    elif phase != "idle":
+        where = {"update": "inside the optimizer update", "commit": "while writing the epoch's files",
+                 "final": "while writing the base means"}.get(phase, phase)
+        keep = f"{saved[0]} (epoch {saved[1]}, step {saved[2]})" if saved else "no checkpoint"
+        print(f"fewshot train: interrupted {where}; nothing written, {keep} stays the state to --resume",
+              file=sys.stderr)
+        return
+    if saved is not None and Path(saved[0]) == last_path and tuple(saved[1:]) == tuple(at):
+        print(f"fewshot train: interrupted; {last_path} holds this state (continue with --resume)",
+              file=sys.stderr)
+        return
+    if not finite():
+        print("fewshot train: interrupted; not saved: the weights are non-finite (try a lower --lr)",
+              file=sys.stderr)
+        return
+    from .checkpoint import save_checkpoint  # (checkpoint imports this module)
+    save_checkpoint(last_path, make_state(at))
+    print(f"fewshot train: interrupted; state saved to {last_path} (epoch {at[0]}, step {at[1]}; "
+          "continue with --resume)", file=sys.stderr)

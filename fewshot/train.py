@@ -18,7 +18,6 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -34,7 +33,7 @@ from .augment import Augment
 from .checkpoint import load_checkpoint, save_checkpoint, state_hash
 from .encoders import ENCODERS, INIT_ONLY, build_encoder, encoder_spec
 from .errors import FewShotError, check_option_types, from_options
-from .faults import DeferredInterrupt, StepSnapshot, all_finite, nonfinite_names
+from .faults import DeferredInterrupt, StepSnapshot, all_finite, nonfinite_names, save_interrupted
 from .losses import LOSSES, MINERS, PROXY_LOSSES, build_loss, build_miner, distance_name, parse_loss_args
 from .preprocess import Preprocess
 from .runstate import commit_epoch, reconcile, write_metrics
@@ -434,6 +433,10 @@ class _Batches:
         finally:
             c_f.NUMPY_RANDOM = saved
         return torch.as_tensor(np.asarray(idx, dtype=np.int64)).view(-1, self.cfg.batch_size)
+
+
+def _zero_sums() -> dict:
+    return {"loss": 0.0, "metric": 0.0, "ce": 0.0, "correct": 0.0, "seen": 0, "time": 0.0, "steps": 0}
 
 
 # ---------------------------------------------------------------------- train
@@ -837,51 +840,14 @@ def train(config: TrainConfig, data: ImageSet, val: ImageSet | None, out_dir: st
         cur["phase"] = "done"
     except KeyboardInterrupt:
         if is_main:
-            _save_interrupted(cur, snapshot, book, lambda: bool(all_finite(watched)),
+            save_interrupted(cur, snapshot, book, lambda: bool(all_finite(watched)),
                               lambda at: finalize(state(*at, sums)), last_path, saved)
         raise
     finally:
         interrupts.__exit__()
         if distributed and torch.distributed.is_initialized():
             torch.distributed.barrier()
-    return TrainResult(out_dir, best_path, last_path, metrics, best["accuracy"] if best else None,
+    best_acc = best["accuracy"] if best else -1.0
+    return TrainResult(out_dir, best_path, last_path, metrics, best_acc if best_acc >= 0 else None,
                        held_out, cfg)
 
-
-def _zero_sums() -> dict:
-    return {"loss": 0.0, "metric": 0.0, "ce": 0.0, "correct": 0.0, "seen": 0, "time": 0.0, "steps": 0}
-
-
-def _save_interrupted(cur: dict, snapshot: StepSnapshot, book: Callable, finite: Callable[[], bool],
-                      make_state: Callable[[tuple], dict], last_path: Path, saved: tuple | None) -> None:
-    """Save a consistent state after a KeyboardInterrupt, wherever in a step it landed.
-
-    Before the optimizer update the step is rolled back (RNGs, batch-norm statistics) and redone
-    on resume; after it the step is finished (scheduler, sums); inside it, or inside the epoch-end
-    writes, nothing is written and the last consistent checkpoint stays. Non-finite weights are
-    never written.
-    """
-    phase, at = cur["phase"], cur["at"]
-    if phase == "step":
-        snapshot.restore()
-    elif phase == "stepped":
-        book(*at)
-        at = cur["at"]
-    elif phase != "idle":
-        where = {"update": "inside the optimizer update", "commit": "while writing the epoch's files",
-                 "final": "while writing the base means"}.get(phase, phase)
-        keep = f"{saved[0]} (epoch {saved[1]}, step {saved[2]})" if saved else "no checkpoint"
-        print(f"fewshot train: interrupted {where}; nothing written, {keep} stays the state to --resume",
-              file=sys.stderr)
-        return
-    if saved is not None and Path(saved[0]) == last_path and tuple(saved[1:]) == tuple(at):
-        print(f"fewshot train: interrupted; {last_path} holds this state (continue with --resume)",
-              file=sys.stderr)
-        return
-    if not finite():
-        print("fewshot train: interrupted; not saved: the weights are non-finite (try a lower --lr)",
-              file=sys.stderr)
-        return
-    save_checkpoint(last_path, make_state(at))
-    print(f"fewshot train: interrupted; state saved to {last_path} (epoch {at[0]}, step {at[1]}; "
-          "continue with --resume)", file=sys.stderr)
