@@ -850,4 +850,3 @@ def train(config: TrainConfig, data: ImageSet, val: ImageSet | None, out_dir: st
     best_acc = best["accuracy"] if best else -1.0
     return TrainResult(out_dir, best_path, last_path, metrics, best_acc if best_acc >= 0 else None,
                        held_out, cfg)
-
