@@ -4,7 +4,9 @@ checked JSON read that goes with them.
 Every file the toolkit writes that a user may rely on (checkpoints, classifiers, manifests,
 caches, results) goes through :func:`atomic_open`: write to a temporary file in the same folder,
 flush and fsync it, rename it over the target, then fsync the folder so the rename survives a
-crash. A failure at any point removes the temporary file and leaves the old target untouched.
+crash. A failure at any point removes the temporary file and leaves the old target untouched;
+a kill leaves it behind, and the next write to the folder removes it (:func:`clean_orphans`).
+The file gets the mode the user's umask gives a new file (not ``mkstemp``'s 0600).
 """
 
 from __future__ import annotations
@@ -12,12 +14,19 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
+import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
 from .errors import DatasetError
+
+# Temporary files carry their writer (host and process id), so that the next write to the folder
+# can tell an orphan of a killed write (same host, process gone) from a live write of another process.
+_HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:40] or "host"
+_ORPHAN = re.compile(r"^\..+\.(?P<host>[A-Za-z0-9-]+)~(?P<pid>\d+)~\..*tmp")
 
 
 @contextlib.contextmanager
@@ -28,11 +37,14 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb", suffix: str = ".tmp")
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    clean_orphans(path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{_HOST}~{os.getpid()}~.", suffix=suffix, dir=path.parent)
     try:
         with os.fdopen(fd, mode, **({} if "b" in mode else {"newline": ""})) as fh:
             yield fh
             fh.flush()
+            if hasattr(os, "fchmod"):  # mkstemp makes 0600; follow the umask (POSIX)
+                os.fchmod(fh.fileno(), 0o666 & ~_umask())
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
@@ -40,6 +52,51 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb", suffix: str = ".tmp")
             os.unlink(tmp)
         raise
     _fsync_dir(path.parent)
+
+
+def clean_orphans(folder: str | os.PathLike) -> list[Path]:
+    """Remove the temporary files that killed atomic writes of this host left in ``folder``.
+
+    A temporary file is an orphan when the process that made it is gone; files of live processes
+    and of other hosts (a shared file system) are left alone. Returns the removed paths.
+    """
+    removed = []
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return removed
+    for name in names:
+        m = _ORPHAN.match(name)
+        if m is None or m["host"] != _HOST or _alive(int(m["pid"])):
+            continue
+        with contextlib.suppress(OSError):
+            os.unlink(os.path.join(folder, name))
+            removed.append(Path(folder) / name)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. EPERM: it exists, owned by someone else
+        return True
+    return True
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where /proc allows (thread-safe)."""
+    with contextlib.suppress(OSError, ValueError):
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:

@@ -16,17 +16,22 @@ import torch
 
 from episodes.atomic import atomic_open
 
-from .encoders import build_encoder
+from .encoders import INIT_ONLY, build_encoder
 from .errors import FewShotError
+from .faults import all_finite, nonfinite_names
 from .preprocess import Preprocess
 
-__all__ = ["FORMAT", "save_checkpoint", "load_checkpoint", "load_encoder", "state_hash"]
+__all__ = ["FORMAT", "save_checkpoint", "load_checkpoint", "load_encoder", "state_hash",
+           "check_finite_checkpoint"]
 
 FORMAT = "fewshot-checkpoint/1"
 
 
 def save_checkpoint(path: str | os.PathLike, obj: dict) -> Path:
-    """Write ``obj`` to ``path`` atomically (temporary file, fsync, rename, fsync of the folder)."""
+    """Write ``obj`` to ``path`` atomically (temporary file, fsync, rename, fsync of the folder).
+
+    A state with NaN / inf weights is never written (FewShotError; the old file stays)."""
+    check_finite_checkpoint(obj, path, "not written; the previous file, if any, is intact")
     with atomic_open(path, "wb") as fh:
         torch.save({"format": FORMAT, **obj}, fh)
     return Path(path)
@@ -51,7 +56,25 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     for key in ("model", "encoder"):
         if key not in obj:
             raise FewShotError(f"fewshot checkpoint lacks {key!r}", path)
+    check_finite_checkpoint(obj, path)
     return obj
+
+
+def check_finite_checkpoint(ckpt: dict, path: str | os.PathLike | None = None,
+                            consequence: str = "it cannot be used: train again (lower --lr) or use an "
+                                               "earlier checkpoint") -> None:
+    """Refuse a checkpoint whose weights, buffers or base mean hold NaN or inf, in one line: every
+    figure computed from it would be silently wrong (features at chance, NaN probabilities)."""
+    named = dict(ckpt["model"]) if isinstance(ckpt.get("model"), dict) else {}
+    if isinstance(ckpt.get("base_mean"), torch.Tensor):
+        named["base_mean"] = ckpt["base_mean"]
+    tensors = [t for t in named.values() if isinstance(t, torch.Tensor)]
+    if bool(all_finite(tensors)):  # one fused check; the names only when it fails
+        return
+    bad = nonfinite_names(named)
+    if bad:
+        raise FewShotError(f"checkpoint holds non-finite values ({len(bad)} tensor(s), e.g. {bad[0]}); "
+                           f"{consequence}", path)
 
 
 def state_hash(state_dict: dict) -> str:
@@ -79,6 +102,7 @@ def load_encoder(path_or_dict: str | os.PathLike | dict, device: str | torch.dev
     """
     if isinstance(path_or_dict, dict):
         ckpt, path = path_or_dict, path_or_dict.get("path")
+        check_finite_checkpoint(ckpt, path)
     else:
         path = os.fspath(path_or_dict)
         ckpt = load_checkpoint(path)
@@ -87,7 +111,8 @@ def load_encoder(path_or_dict: str | os.PathLike | dict, device: str | torch.dev
         raise FewShotError(f"checkpoint of a custom encoder module ({spec.get('name')}) cannot be rebuilt "
                            "by name; build the module and load ckpt['model'] into it", path)
     model = build_encoder(spec["name"], in_channels=spec["in_channels"], num_classes=spec["num_classes"],
-                          embedding_dim=spec.get("embedding_dim"), **spec.get("kwargs", {}))
+                          embedding_dim=spec.get("embedding_dim"),
+                          **{k: v for k, v in spec.get("kwargs", {}).items() if k not in INIT_ONLY})
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as exc:

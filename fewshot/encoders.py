@@ -18,7 +18,11 @@ from torch import nn
 
 from .errors import FewShotError
 
-__all__ = ["ENCODERS", "Encoder", "Conv4", "ResNet12", "build_encoder", "encoder_spec"]
+__all__ = ["ENCODERS", "Encoder", "Conv4", "ResNet12", "build_encoder", "encoder_spec", "INIT_ONLY"]
+
+# Options that only say where the starting weights come from: a checkpoint holds the weights
+# themselves, so its spec leaves these out and loading never reads that file or downloads.
+INIT_ONLY = ("weights", "download")
 
 
 # ---------------------------------------------------------------- backbones
@@ -252,7 +256,8 @@ def build_encoder(name_or_module: str | nn.Module, *, in_channels: int, num_clas
         raise FewShotError(f"bad options for encoder {name}: {exc}") from None
     spec = {"name": name, "in_channels": in_channels, "num_classes": num_classes,
             "embedding_dim": embedding_dim,
-            "kwargs": {k: (os.fspath(v) if isinstance(v, os.PathLike) else v) for k, v in kw.items()}}
+            "kwargs": {k: (os.fspath(v) if isinstance(v, os.PathLike) else v) for k, v in kw.items()
+                       if k not in INIT_ONLY}}
     if classifier != "linear":
         spec["kwargs"]["classifier"] = classifier
     return Encoder(backbone, backbone.out_dim, num_classes, embedding_dim, spec, classifier)

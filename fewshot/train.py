@@ -28,13 +28,16 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from episodes import EpisodeSpec, ImageSet, sample_episodes
+from episodes.atomic import atomic_write_text
 
 from .augment import Augment
 from .checkpoint import load_checkpoint, save_checkpoint, state_hash
-from .encoders import ENCODERS, build_encoder, encoder_spec
-from .errors import FewShotError, from_options
+from .encoders import ENCODERS, INIT_ONLY, build_encoder, encoder_spec
+from .errors import FewShotError, check_option_types, from_options
+from .faults import DeferredInterrupt, StepSnapshot, all_finite, nonfinite_names, save_interrupted
 from .losses import LOSSES, MINERS, PROXY_LOSSES, build_loss, build_miner, distance_name, parse_loss_args
 from .preprocess import Preprocess
+from .runstate import commit_epoch, reconcile, write_metrics
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -157,9 +160,11 @@ def load_recipe(name: str) -> dict:
                                "or give a .toml file")
     try:
         with open(path, "rb") as fh:
-            return tomllib.load(fh)
+            recipe = tomllib.load(fh)
     except tomllib.TOMLDecodeError as exc:
         raise FewShotError(f"bad recipe TOML ({exc})", path) from None
+    check_option_types(TrainConfig, recipe, path)  # the file and the key in the error
+    return recipe
 
 
 def _drop_foreign_encoder_args(recipe_dict: dict, encoder, recipe: str) -> None:
@@ -371,6 +376,8 @@ def check_config(cfg: TrainConfig, world: int | None = None) -> None:
         if int(getattr(cfg, name)) < 1:
             raise FewShotError(f"{name.replace('_', '-')} must be a positive integer, "
                                f"got {getattr(cfg, name)}")
+    if int(cfg.seed) < 0:
+        raise FewShotError(f"seed must be a non-negative integer, got {cfg.seed}")
     if int(cfg.val_tta_every) < 0:
         raise FewShotError(f"val-tta-every must be >= 0 (0: only the last epoch), got {cfg.val_tta_every}")
     if cfg.lr <= 0 or cfg.weight_decay < 0 or cfg.w_metric < 0 or cfg.w_ce < 0:
@@ -404,7 +411,9 @@ def _check_config(cfg: TrainConfig, data: ImageSet, world: int) -> None:
 
 
 def _compare_resume(ckpt: dict, spec: dict, fingerprint: str, path: str) -> None:
-    old = ckpt.get("encoder", {})
+    old = dict(ckpt.get("encoder", {}))
+    if isinstance(old.get("kwargs"), dict):  # where the starting weights came from is no part of the model
+        old["kwargs"] = {k: v for k, v in old["kwargs"].items() if k not in INIT_ONLY}
     diffs = []
     for key in ("name", "in_channels", "num_classes", "embedding_dim", "kwargs"):
         if old.get(key) != spec.get(key):
@@ -452,6 +461,10 @@ class _Batches:
         finally:
             c_f.NUMPY_RANDOM = saved
         return torch.as_tensor(np.asarray(idx, dtype=np.int64)).view(-1, self.cfg.batch_size)
+
+
+def _zero_sums() -> dict:
+    return {"loss": 0.0, "metric": 0.0, "ce": 0.0, "correct": 0.0, "seen": 0, "time": 0.0, "steps": 0}
 
 
 # ---------------------------------------------------------------------- train
@@ -514,8 +527,10 @@ def train(config: TrainConfig, data: ImageSet, val: ImageSet | None, out_dir: st
     model = build_encoder(encoder if encoder is not None else cfg.encoder, in_channels=data.channels,
                           num_classes=data.num_classes, embedding_dim=cfg.embedding_dim,
                           image_size=data.image_size[0],
-                          **({} if encoder is not None else dict(cfg.encoder_args)),
-                          **({"download": True} if cfg.download and encoder is None
+                          **({} if encoder is not None else {  # resuming: the checkpoint has the weights
+                              k: v for k, v in cfg.encoder_args.items()
+                              if not (cfg.resume and k in INIT_ONLY)}),
+                          **({"download": True} if cfg.download and encoder is None and not cfg.resume
                              and str(cfg.encoder).startswith("resnet") and cfg.encoder != "resnet12" else {}))
     spec = encoder_spec(model)
     # channels_last on every device: oneDNN convolutions on CPU run ~1.5x faster in NHWC too
@@ -573,14 +588,16 @@ def train(config: TrainConfig, data: ImageSet, val: ImageSet | None, out_dir: st
 
     best_path, last_path = out_dir / "best.pt", out_dir / "last.pt"
     metrics_path = out_dir / "metrics.jsonl"
-    start_epoch, start_step, best_acc = 0, 0, -1.0
+    start_epoch, start_step = 0, 0
+    best: dict | None = None  # {"epoch", "accuracy", "hash"} of best.pt; last.pt records it
     metrics: list[dict] = []
     run_sums = None
+    saved: tuple | None = None  # (path, epoch, step) of the checkpoint this run can vouch for
     if cfg.resume:
         rpath = last_path if cfg.resume in ("auto", "true", "True", True) else Path(cfg.resume)
         if not rpath.exists():
             raise FewShotError("nothing to resume: no such checkpoint", rpath)
-        ckpt = load_checkpoint(rpath, map_location="cpu")
+        ckpt = load_checkpoint(rpath, map_location="cpu")  # refuses non-finite weights
         _compare_resume(ckpt, spec, data.fingerprint, str(rpath))
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
@@ -588,33 +605,39 @@ def train(config: TrainConfig, data: ImageSet, val: ImageSet | None, out_dir: st
         if ckpt.get("loss_state"):
             metric_loss.load_state_dict(ckpt["loss_state"])
         start_epoch, start_step = int(ckpt["sampler"]["epoch"]), int(ckpt["sampler"]["step"])
-        best_acc = float(ckpt.get("best_accuracy", -1.0))
+        best = ckpt.get("best")
+        if best is None and float(ckpt.get("best_accuracy", -1.0)) >= 0:  # written by an older version
+            best = {"epoch": None, "accuracy": float(ckpt["best_accuracy"]), "hash": None}
         run_sums = ckpt.get("running")
         torch.set_rng_state(ckpt["rng"]["torch"])
         if device.type == "cuda" and ckpt["rng"].get("cuda") is not None:
             torch.cuda.set_rng_state(ckpt["rng"]["cuda"], device)
         gen.set_state(ckpt["rng"]["augment"].to("cpu") if device.type == "cpu" else ckpt["rng"]["augment"])
         resume_gen_state = gen.get_state()
-        if metrics_path.exists():
-            metrics = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
-            metrics = [m for m in metrics if m["epoch"] <= start_epoch]
+        # The checkpoint is the commit point: metrics.jsonl and best.pt are made to agree with it.
+        metrics = reconcile(out_dir, ckpt) if is_main else list(ckpt.get("metrics") or [])
+        saved = (rpath, start_epoch, start_step)
+        del ckpt
     else:
         resume_gen_state = None
 
     if is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
+        if not cfg.resume:  # a fresh run: no checkpoint of an earlier run may pass for this one's
+            for stale in (last_path, best_path):
+                stale.unlink(missing_ok=True)
         doc = {**cfg.to_dict(), "resolved": {
             "data": data.describe(), "validation": val.describe(), "num_classes": data.num_classes,
             "held_out_classes": held_out, "world_size": world, "device": str(device),
             "preprocess": preprocess.to_dict(), "encoder": spec, "loss": loss_name,
             "steps_per_epoch": steps_per_epoch}}
-        (out_dir / "config.json").write_text(json.dumps(doc, indent=2, default=str) + "\n")
+        atomic_write_text(out_dir / "config.json", json.dumps(doc, indent=2, default=str) + "\n")
         if held_out is not None and progress:
             print(f"fewshot train: no --val given; held out {len(held_out)} of the base classes for "
                   f"validation (seed {cfg.seed}): {', '.join(held_out[:8])}"
                   + (f" and {len(held_out) - 8} more" if len(held_out) > 8 else ""), file=sys.stderr)
-        with open(metrics_path, "w") as fh:
-            fh.writelines(json.dumps(m) + "\n" for m in metrics)
+        if not cfg.resume:
+            write_metrics(metrics_path, metrics)
 
     run_model: torch.nn.Module = model
     if distributed:
@@ -631,6 +654,9 @@ def train(config: TrainConfig, data: ImageSet, val: ImageSet | None, out_dir: st
     labels_dev = data.labels.to(device)
     per_rank = cfg.batch_size // world
     check_every = 1 if device.type == "cpu" else 20
+    # Everything a step may poison (watched) and what it changes before its update (snapshot).
+    watched = [*model.parameters(), *model.buffers(), *metric_loss.parameters(), *metric_loss.buffers()]
+    snapshot = StepSnapshot([*model.buffers(), *metric_loss.buffers()], [gen], device)
 
     def state(epoch: int, step: int, sums: dict | None) -> dict:
         return {
@@ -643,7 +669,8 @@ def train(config: TrainConfig, data: ImageSet, val: ImageSet | None, out_dir: st
             "sampler": {"kind": cfg.sampler, "epoch": epoch, "step": step, "seed": cfg.seed},
             "rng": {"torch": torch.get_rng_state(), "augment": gen.get_state().cpu(),
                     "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None},
-            "running": sums, "epoch": epoch, "best_accuracy": best_acc,
+            "running": sums, "epoch": epoch, "metrics": list(metrics), "best": best,
+            "best_accuracy": best["accuracy"] if best else -1.0,
             "val_accuracy": metrics[-1].get("val_accuracy") if metrics else None,
             "hash": None, "base_mean": None,
         }
@@ -651,6 +678,25 @@ def train(config: TrainConfig, data: ImageSet, val: ImageSet | None, out_dir: st
     def finalize(ckpt: dict) -> dict:
         ckpt["hash"] = state_hash(ckpt["model"])
         return ckpt
+
+    def kept() -> str:
+        """Which checkpoint is still good, for the message of a stop."""
+        if saved is None:
+            return "no checkpoint was written yet, so none is kept"
+        return f"the last good checkpoint {saved[0]} (epoch {saved[1]}, step {saved[2]}) is finite and intact"
+
+    def check_weights(epoch: int, step: int) -> None:
+        """Stop (FewShotError) when a weight or buffer went NaN / inf: one fused check, one sync."""
+        ok = all_finite(watched)
+        if distributed:
+            ok = ok.float()
+            torch.distributed.all_reduce(ok, op=torch.distributed.ReduceOp.MIN)
+        if not bool(ok):
+            names = nonfinite_names({**model.state_dict(), **{f"loss.{k}": v for k, v in
+                                                             metric_loss.state_dict().items()}})
+            shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+            raise FewShotError(f"weights became non-finite ({shown or 'elements beyond float32 range'}) "
+                               f"by epoch {epoch + 1} step {step + 1}; stopped, {kept()} (try a lower --lr)")
 
     def validate(with_tta: bool) -> dict:
         """Episode accuracy on ``val``. With ``val_tta > 1`` the plain figure is always kept (keys
@@ -673,8 +719,33 @@ def train(config: TrainConfig, data: ImageSet, val: ImageSet | None, out_dir: st
             out["val_accuracy"] = out[key]
         return out
 
+    # Where the run stands, for a KeyboardInterrupt: ``at`` (epoch, step) is the next step to run
+    # when ``phase`` is "idle"; "step" is a step before its optimizer update (rolled back), "update"
+    # inside it (nothing written), "stepped" after it (finished), "commit"/"final" the epoch-end
+    # and end-of-run writes (nothing written; --resume reconciles).
+    cur: dict = {"phase": "idle", "at": (start_epoch, start_step), "out": None}
+    optimizer.register_step_post_hook(lambda *_: cur.__setitem__("phase", "stepped"))
+    sums = run_sums or _zero_sums()
+
+    def book(epoch: int, step: int) -> None:
+        """Finish step ``step``: the scheduler step (unless done) and the running sums (unless
+        booked), then mark the next step; each part is applied once even when re-entered."""
+        nonlocal sums
+        if scheduler.last_epoch < epoch * steps_per_epoch + step + 1:
+            scheduler.step()
+        if sums.get("steps") != step + 1:
+            total_loss, m_loss, ce_loss, logits, y = cur["out"]
+            new = {"loss": sums["loss"] + float(total_loss.detach()),
+                   "metric": sums["metric"] + float(m_loss.detach()),
+                   "ce": sums["ce"] + float(ce_loss.detach()),
+                   "correct": sums["correct"] + float((logits.detach().argmax(1) == y).sum()),
+                   "seen": sums["seen"] + int(y.shape[0]) * world, "time": sums["time"], "steps": step + 1}
+            sums = new
+        cur.update(phase="idle", at=(epoch, step + 1), out=None)
+
     epoch, step = start_epoch, start_step
-    sums = run_sums or {"loss": 0.0, "metric": 0.0, "ce": 0.0, "correct": 0.0, "seen": 0, "time": 0.0}
+    interrupts = DeferredInterrupt(enabled=not distributed)
+    interrupts.__enter__()  # first Ctrl-C: finish the step, save at its boundary
     try:
         model.train()
         for epoch in range(start_epoch, cfg.epochs):
@@ -684,13 +755,18 @@ def train(config: TrainConfig, data: ImageSet, val: ImageSet | None, out_dir: st
                 gen.set_state(resume_gen_state)
             else:
                 gen.manual_seed(_derive_seed(cfg.seed, epoch, 2))
-                sums = {"loss": 0.0, "metric": 0.0, "ce": 0.0, "correct": 0.0, "seen": 0, "time": 0.0}
+                sums = _zero_sums()
             bar = None
             if progress and is_main:
                 bar = tqdm(total=steps_per_epoch, initial=first, desc=f"epoch {epoch + 1}/{cfg.epochs}",
                            leave=False, file=sys.stderr, dynamic_ncols=True)
             t0 = time.perf_counter()
             for step in range(first, steps_per_epoch):
+                cur["at"] = (epoch, step)
+                if interrupts.requested:  # a clean boundary: the previous step is finished
+                    raise KeyboardInterrupt
+                snapshot.take()
+                cur["phase"] = "step"
                 idx = epoch_idx[step, rank * per_rank:(rank + 1) * per_rank]
                 x = images[idx.to(images.device)].to(device, non_blocking=True)
                 y = labels_dev[idx.to(device)]
@@ -720,7 +796,8 @@ def train(config: TrainConfig, data: ImageSet, val: ImageSet | None, out_dir: st
                         if p.grad is not None:
                             torch.distributed.all_reduce(p.grad)
                             p.grad /= world * world
-                if step % check_every == 0 or step == steps_per_epoch - 1:
+                checked = step % check_every == 0 or step == steps_per_epoch - 1
+                if checked:
                     value = total_loss.detach()
                     if distributed:
                         value = value.clone()
@@ -728,14 +805,12 @@ def train(config: TrainConfig, data: ImageSet, val: ImageSet | None, out_dir: st
                     if not torch.isfinite(value):
                         raise FewShotError(
                             f"loss became {float(value)} at epoch {epoch + 1} step {step + 1}; stopped, "
-                            f"the last good checkpoint {last_path} is intact (try a lower --lr)")
-                optimizer.step()
-                scheduler.step()
-                sums["loss"] += float(total_loss.detach())
-                sums["metric"] += float(m_loss.detach())
-                sums["ce"] += float(ce_loss.detach())
-                sums["correct"] += float((logits.detach().argmax(1) == y).sum())
-                sums["seen"] += int(y.shape[0]) * world
+                            f"{kept()} (try a lower --lr)")
+                cur.update(phase="update", out=(total_loss, m_loss, ce_loss, logits, y))
+                optimizer.step()  # its post-hook sets phase "stepped"
+                book(epoch, step)
+                if checked:
+                    check_weights(epoch, step)
                 if bar is not None:
                     elapsed = sums["time"] + time.perf_counter() - t0
                     bar.set_postfix(loss=f"{sums['loss'] / (step + 1):.3f}",
@@ -758,45 +833,55 @@ def train(config: TrainConfig, data: ImageSet, val: ImageSet | None, out_dir: st
             if (epoch + 1) % cfg.val_every == 0 or last_epoch:
                 tta_now = cfg.val_tta_every > 0 and (epoch + 1) % cfg.val_tta_every == 0
                 row.update(validate(last_epoch or tta_now))
-            metrics.append(row)
-            improved = row.get("val_accuracy") is not None and row["val_accuracy"] > best_acc
-            if improved:
-                best_acc = row["val_accuracy"]
+            improved = row.get("val_accuracy") is not None and row["val_accuracy"] > (
+                best["accuracy"] if best else -1.0)
             row["best"] = bool(improved)
+            check_weights(epoch, step - 1)  # never commit a non-finite state
+            # The epoch's record goes into last.pt, the commit point (fewshot.runstate); from
+            # here until it is written an interrupt writes nothing (last.pt is the previous epoch).
+            cur["phase"] = "commit"
+            metrics = [*metrics, row]
+            ckpt = finalize(state(epoch + 1, 0, None))
+            if improved:
+                best = {"epoch": epoch + 1, "accuracy": row["val_accuracy"], "hash": ckpt["hash"]}
+                ckpt.update(best=best, best_accuracy=best["accuracy"])
             if is_main:
-                ckpt = finalize(state(epoch + 1, 0, None))
-                save_checkpoint(last_path, ckpt)
-                if improved:
-                    save_checkpoint(best_path, ckpt)
-                with open(metrics_path, "a") as fh:
-                    fh.write(json.dumps(row) + "\n")
+                commit_epoch(out_dir, ckpt, improved, metrics)
                 if progress:
                     shown = " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
                                      for k, v in row.items() if not k.endswith("ci95") and k != "lr")
                     print(f"fewshot train: {shown}", file=sys.stderr)
+            saved = (last_path, epoch + 1, 0)
+            cur.update(phase="idle", at=(epoch + 1, 0))
             resume_gen_state = None
-        # Base mean (for centred-l2 features) of the best and the last encoders.
+            if interrupts.requested:
+                raise KeyboardInterrupt
+        # Base mean (for centred-l2 features) of the best and the last encoders: best.pt first,
+        # last.pt (the commit point) last; a --resume of a finished run redoes this part.
+        cur["phase"] = "final"
         if is_main:
             last = load_checkpoint(last_path)
-            last["base_mean"] = embed_images(model, base_data.images, preprocess, device).mean(0).cpu()
-            save_checkpoint(last_path, last)
             if best_path.exists():
-                best = load_checkpoint(best_path)
-                model.load_state_dict(best["model"])
-                best["base_mean"] = embed_images(model, base_data.images, preprocess, device).mean(0).cpu()
-                save_checkpoint(best_path, best)
+                best_ckpt = load_checkpoint(best_path)
+                model.load_state_dict(best_ckpt["model"])
+                best_ckpt["base_mean"] = embed_images(model, base_data.images, preprocess,
+                                                      device).mean(0).cpu()
                 model.load_state_dict(last["model"])
             else:
-                save_checkpoint(best_path, last)
+                best_ckpt = last
+            last["base_mean"] = embed_images(model, base_data.images, preprocess, device).mean(0).cpu()
+            save_checkpoint(best_path, best_ckpt)
+            save_checkpoint(last_path, last)
+        cur["phase"] = "done"
     except KeyboardInterrupt:
-        if is_main and step < steps_per_epoch and epoch < cfg.epochs:
-            # The current step did not finish: resume at it (its batch is redrawn identically).
-            save_checkpoint(last_path, finalize(state(epoch, step, sums)))
-            print(f"fewshot train: interrupted; state saved to {last_path} (continue with --resume)",
-                  file=sys.stderr)
+        if is_main:
+            save_interrupted(cur, snapshot, book, lambda: bool(all_finite(watched)),
+                              lambda at: finalize(state(*at, sums)), last_path, saved)
         raise
     finally:
+        interrupts.__exit__()
         if distributed and torch.distributed.is_initialized():
             torch.distributed.barrier()
+    best_acc = best["accuracy"] if best else -1.0
     return TrainResult(out_dir, best_path, last_path, metrics, best_acc if best_acc >= 0 else None,
                        held_out, cfg, model)

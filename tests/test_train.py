@@ -2,7 +2,7 @@ import json
 
 import pytest
 import torch
-from _train_data import digits_set
+from _train_data import digits_set, one_thread, tiny_config  # noqa: F401 (an autouse fixture)
 from pytorch_metric_learning import losses
 
 from fewshot.augment import Augment
@@ -22,20 +22,7 @@ from fewshot.train import (
     train,
 )
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def _cfg(**kw):
-    base = dict(epochs=2, batch_size=16, m=4, val_way=3, val_shots=[1], val_episodes=20, val_query=5,
-                val_fraction=0.3, lr=0.05)
-    base.update(kw)
-    return TrainConfig(**base)
+_cfg = tiny_config
 
 
 def _weights(path):
