@@ -29,11 +29,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from episodes.atomic import atomic_write_text, read_json
 
 from .errors import FewShotError
+from .progress import progress as progress_bar
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -486,8 +486,8 @@ def run_ablation(grid: Grid, out_dir: str | os.PathLike, *, progress: bool = Tru
     n_total = len(cells) * len(grid.seeds)
     train_data = sets = manifests = None
     trained = 0
-    bar = tqdm(total=n_total, initial=n_total - len(todo), desc=f"ablate {grid.name}", unit="cell",
-               disable=not progress)
+    bar = progress_bar(total=n_total, initial=n_total - len(todo), desc=f"ablate {grid.name}", unit="cell",
+                       leave=True, disable=not progress, every=0)   # in a log: one line per cell
     for cell, seed in todo:
         if train_data is None:
             train_data, sets = load_grid_data(grid)

@@ -23,7 +23,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from episodes import EpisodeSpec, ImageSet, sample_episodes
 
@@ -32,6 +31,7 @@ from .checkpoint import save_checkpoint, state_hash
 from .encoders import build_encoder, encoder_spec
 from .errors import FewShotError, from_options
 from .preprocess import Preprocess
+from .progress import progress as progress_bar
 from .train import resolve_device
 
 __all__ = ["EPISODIC_HEADS", "EpisodicConfig", "EpisodicResult", "EpisodicHead", "train_episodic"]
@@ -223,7 +223,7 @@ def train_episodic(config: EpisodicConfig | dict, data: ImageSet, val: ImageSet 
     metrics: list[dict] = []
     best_acc, best_state = -1.0, None
     start = time.perf_counter()
-    bar = tqdm(total=total, desc=f"episodic {cfg.head}", unit="step", disable=not progress, leave=False)
+    bar = progress_bar(total=total, desc=f"episodic {cfg.head}", unit="step", disable=not progress)
     for epoch in range(cfg.epochs):
         model.train()
         head.train()
