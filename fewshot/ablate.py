@@ -390,6 +390,9 @@ def train_cell(grid: Grid, cell: TrainCell, seed: int, data, out_dir: Path, *, p
         from .train import train
 
         result = train(metric_config(grid, cell.factors, seed), data, None, out_dir, progress=progress)
+    from .curves import CURVES_FILE, plot_curves
+
+    plot_curves(result.metrics, out_dir / CURVES_FILE, title=f"{grid.name}: {cell.label()}, seed {seed}")
     return Path(result.best_path)
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from episodes.atomic import atomic_write_bytes
 
-__all__ = ["TITLE_MAX", "short_data_name", "shorten", "wrap", "save_figure", "pyplot"]
+__all__ = ["TITLE_MAX", "short_data_name", "shorten", "wrap", "compact_labels", "save_figure", "pyplot"]
 
 TITLE_MAX = 48   # characters: a title that fits a 6-inch figure at the default font size
 
@@ -42,6 +42,31 @@ def wrap(text: str, width: int = 24, max_lines: int = 2) -> str:
     if len(lines) > max_lines:
         lines = lines[: max_lines - 1] + [shorten(" ".join(lines[max_lines - 1:]), width)]
     return "\n".join(lines)
+
+
+def compact_labels(names: list[str], width: int = 24) -> tuple[list[str], str]:
+    """Tick labels of at most ``width`` characters that still tell ``names`` apart.
+
+    Names that fit are kept. Otherwise the prefix and suffix that every name shares are dropped
+    (``Tagalog/character01`` ... ``Tagalog/character17`` -> ``01`` ... ``17``) and returned as a
+    note for the axis label (``Tagalog/character…``); what is still too long is cut in the middle.
+    """
+    names = [str(n) for n in names]
+    if all(len(n) <= width for n in names) or len(names) < 2:
+        return [shorten(n, width) for n in names], ""
+    prefix = os.path.commonprefix(names)
+    suffix = os.path.commonprefix([n[len(prefix):][::-1] for n in names])[::-1]
+    prefix = prefix.rstrip("0123456789")   # numbers stay whole: 01 ... 17, not 1 ... 17
+    suffix = suffix.lstrip("0123456789")
+    core = [n[len(prefix): len(n) - len(suffix)] for n in names]
+    if not all(core):   # one name is the shared part itself: keep the names whole
+        prefix = suffix = ""
+        core = names
+    short = [shorten(c, width) for c in core]
+    if len(set(short)) < len(short):   # cut in the middle, two names met: number them instead
+        short = [f"{i}: {shorten(c, width - 4)}" for i, c in enumerate(core)]
+    note = f"{shorten(prefix, 20)}…{shorten(suffix, 20)}" if prefix or suffix else ""
+    return short, note.replace("……", "…")
 
 
 def _is_path(word: str) -> bool:
