@@ -724,10 +724,9 @@ def write_summary(grid: Grid, summary: dict, out_dir: Path, *, command: str | No
 
 def plot_summary(grid: Grid, summary: dict, out_dir: Path) -> list[Path]:
     """Accuracy vs shot per head (one panel per evaluation set) and one bar chart per varying factor."""
-    import matplotlib
+    from .figures import pyplot, save_figure, shorten, wrap
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = summary["rows"]
@@ -744,7 +743,8 @@ def plot_summary(grid: Grid, summary: dict, out_dir: Path) -> list[Path]:
         means = per_seed.mean(0)
         return float(means.mean()), _seed_ci(means)
 
-    fig, axes = plt.subplots(1, len(set_names), figsize=(max(6.5, 5.5 * len(set_names)), 4.5), squeeze=False)
+    fig, axes = plt.subplots(1, len(set_names), figsize=(max(6.5, 5.5 * len(set_names)), 4.5), squeeze=False,
+                             sharey=True)
     shots = sorted(grid.factors["shot"])
     cells = grid.cells()
     # one line per head; per head and training cell when there are a few cells (else their mean)
@@ -758,7 +758,9 @@ def plot_summary(grid: Grid, summary: dict, out_dir: Path) -> list[Path]:
                 stats = [marginal(set_name, shot=k, **where) for k in shots]
                 m = np.array([s[0] for s in stats]) * 100
                 ci = np.nan_to_num(np.array([s[1] for s in stats]) * 100)
-                label = head if cell is None else f"{head} | {cell.label()}"
+                factors = cell.factors.items() if cell is not None else ()
+                shown = [f"{k}={_fmt(v)}" for k, v in factors if k in grid.varying]
+                label = " | ".join([head, ", ".join(shown)]) if shown else head
                 ax.errorbar(shots, m, yerr=ci, marker="o", capsize=3, label=label,
                             color=colors[hi % len(colors)], linestyle=styles[ci_ % len(styles)])
         ax.set_xscale("log")
@@ -767,14 +769,20 @@ def plot_summary(grid: Grid, summary: dict, out_dir: Path) -> list[Path]:
         ax.set_xticklabels([str(s) for s in shots])
         ax.set_xlabel("shots")
         ax.set_ylabel(f"{grid.way}-way accuracy (%)")
-        ax.set_title(set_name)
+        ax.set_title(shorten(set_name, 40))
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.suptitle(f"{grid.name}\naccuracy vs shot (mean over seeds ± 95% CI)", fontsize=10)
-    fig.tight_layout()
+        ax.set_ylim(top=min(ax.get_ylim()[1], 101))   # a few-seed CI may pass 100%; accuracy cannot
+    # one legend for all panels, below them: it never covers a line, however long its labels
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.suptitle(f"{shorten(grid.name, 80)}\naccuracy vs shot (mean over seeds ± 95% CI)", fontsize=10)
+    ncol = 1 if len(labels) <= 2 else min(len(set_names) * 2, 4, -(-len(labels) // 2))
+    rows_ = -(-len(labels) // ncol)
+    width, height = fig.get_size_inches()
+    fig.set_size_inches(width, height + 0.2 * rows_)
+    fig.legend(handles, labels, loc="lower center", ncol=ncol, fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, (0.1 + 0.2 * rows_) / (height + 0.2 * rows_), 1, 1))
     path = out_dir / "accuracy_vs_shot.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
     paths.append(path)
 
     for factor in grid.varying:
@@ -791,16 +799,16 @@ def plot_summary(grid: Grid, summary: dict, out_dir: Path) -> list[Path]:
             ax.bar(np.arange(len(groups)) + (j - (len(levels) - 1) / 2) * width, m, width, yerr=ci, capsize=2,
                    label=_fmt(level))
         ax.set_xticks(np.arange(len(groups)))
-        ax.set_xticklabels([f"{s}\n{k}-shot" for s, k in groups])
+        ax.set_xticklabels([f"{wrap(s, 14)}\n{k}-shot" for s, k in groups], fontsize=8)
         ax.set_ylabel(f"{grid.way}-way accuracy (%)")
-        ax.set_title(f"{grid.name}: {factor}\n(mean over the other factors and seeds ± 95% CI)", fontsize=9)
+        ax.set_title(f"{shorten(grid.name, 60)}: {factor}\n(mean over the other factors and seeds ± 95% CI)",
+                     fontsize=9)
         ax.legend(title=factor, fontsize=8)
         ax.grid(axis="y", alpha=0.3)
         lo = np.nanmin([r["mean"] for r in rows]) * 100
         ax.set_ylim(max(0, lo - 10), 100)
         fig.tight_layout()
         path = out_dir / f"factor_{factor}.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
+        save_figure(fig, path, dpi=110)
         paths.append(path)
     return paths

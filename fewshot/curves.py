@@ -108,18 +108,20 @@ def plot_curves(rows: Sequence[dict], path: str | os.PathLike, *, title: str | N
         style = "--" if label.endswith("no TTA") else "-"
         (line,) = ax_val.plot(e, 100 * a, style, marker="o", ms=3, label=label)
         ax_val.fill_between(e, 100 * (a - c), 100 * (a + c), color=line.get_color(), alpha=0.2, lw=0)
+        if len(e) == 1:   # a band needs two epochs; one point gets an error bar
+            ax_val.errorbar(e, 100 * a, yerr=100 * c, color=line.get_color(), capsize=4, lw=1)
         if i == 0:
             j = int(np.argmax(a))
             ax_val.plot(e[j], 100 * a[j], "*", ms=12, color=line.get_color(), zorder=5,
                         label=f"best: {100 * a[j]:.1f}% (epoch {int(e[j])})")
-    ax_val.yaxis.set_major_formatter(PercentFormatter(decimals=0))
+    ax_val.yaxis.set_major_formatter(PercentFormatter(decimals=None))
     ax_val.set_title("validation accuracy (95% CI band)", fontsize=10)
 
     train_key = "train_acc" if any("train_acc" in r for r in rows) else "train_accuracy"
     e, v = _series(rows, train_key)
     if len(v):
         ax_train.plot(e, 100 * v, marker="o", ms=3, color="tab:green")
-    ax_train.yaxis.set_major_formatter(PercentFormatter(decimals=0))
+    ax_train.yaxis.set_major_formatter(PercentFormatter(decimals=None))
     ax_train.set_title("training accuracy (training batches)", fontsize=10)
 
     e, v = _series(rows, "lr")
@@ -130,7 +132,10 @@ def plot_curves(rows: Sequence[dict], path: str | os.PathLike, *, title: str | N
 
     for ax in axes.flat:
         ax.grid(alpha=0.3)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True, nbins=8))
+        if last_epoch <= 10:
+            ax.set_xticks(range(1, last_epoch + 1))
+        else:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True, nbins=8))
         ax.set_xlim(0.5, last_epoch + 0.5)
         ax.tick_params(labelsize=8)
         if ax.lines and ax.get_legend_handles_labels()[0]:
