@@ -79,6 +79,7 @@ class LineProgress:
         self.postfix = ""
         self.start = self._last = time.monotonic()
         self.lines = 0
+        self._shown_n: float | None = None
         self.closed = False
 
     # tqdm's interface, as far as the toolkit uses it
@@ -105,7 +106,7 @@ class LineProgress:
         if self.closed:
             return
         self.closed = True
-        if not self.disable and self.leave and self.n != self._start_n:
+        if not self.disable and self.leave and self.n not in (self._start_n, self._shown_n):
             self._emit(time.monotonic())
 
     def __iter__(self) -> Iterator:
@@ -137,7 +138,7 @@ class LineProgress:
         stream = self.file if self.file is not None else sys.stderr
         print(self.format(now).strip(), file=stream, flush=True)
         self.lines += 1
-        self._last = now
+        self._last, self._shown_n = now, self.n
 
 
 def progress(iterable: Iterable | None = None, *, total: float | None = None, desc: str = "",

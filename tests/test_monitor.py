@@ -16,6 +16,7 @@ from PIL import Image
 from episodes import EpisodeSpec, sample_episodes
 from fewshot.cli import main
 from fewshot.curves import plot_curves, read_metrics, val_series
+from fewshot.episodic import EpisodicConfig, train_episodic
 from fewshot.errors import FewShotError
 from fewshot.evaluate import EvalResult, build_heads, score_episodes
 from fewshot.figures import TITLE_MAX, compact_labels, short_data_name
@@ -76,7 +77,7 @@ def test_line_progress_writes_plain_lines_at_most_every_n_seconds():
         bar.update(1)
     bar.close()
     lines = buf.getvalue().splitlines()
-    assert len(lines) == 6 and "\r" not in buf.getvalue()
+    assert len(lines) == 5 and "\r" not in buf.getvalue()     # one per update, no repeat on close
     assert lines[-1].startswith("epoch 1/2: 100% 5/5") and "loss=0.5" in lines[-1]
     quiet = io.StringIO()
     bar = progress(range(100), desc="embed", file=quiet, every=3600)   # long interval, leave=False
@@ -128,10 +129,14 @@ def test_curves_read_every_trainer_s_rows(monitored_run, tmp_path):
     epochs, acc, ci = series["3-way 1-shot"]
     assert list(epochs) == [1, 2] and np.allclose(acc, [r["val_3w1s"] for r in res.metrics])
     assert np.all(ci > 0)
-    episodic = [{"epoch": 1, "loss": 1.2, "train_accuracy": 0.5, "lr": 0.1, "val_accuracy": 0.6,
-                 "val_accuracy_ci95": 0.02}, {"epoch": 2, "loss": 0.9, "train_accuracy": 0.6, "lr": 0.05}]
-    assert list(val_series(episodic)) == ["validation"]
-    assert plot_curves(episodic, tmp_path / "episodic.png").stat().st_size > 10_000
+    cfg = EpisodicConfig(way=3, shot=1, query=2, episodes_per_step=1, steps_per_epoch=2, epochs=2, seed=0)
+    episodic = CurveWriter("episodic")
+    result = train_episodic(cfg, digits_set(), None, tmp_path / "episodic", progress=False,
+                            callbacks=[episodic])
+    assert episodic.path == tmp_path / "episodic" / "curves.png" and episodic.path.stat().st_size > 10_000
+    assert list(val_series(result.metrics)) == ["validation"]
+    assert result.metrics[0]["lr"] > result.metrics[-1]["lr"] >= 0          # the cosine schedule
+    assert all(r["val_accuracy_ci95"] > 0 for r in result.metrics)
     with pytest.raises(FewShotError, match="no epochs"):
         plot_curves([], tmp_path / "none.png")
     with pytest.raises(FewShotError, match="not a training run folder"):
