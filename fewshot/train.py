@@ -18,7 +18,6 @@ import math
 import os
 import sys
 import time
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -432,7 +431,7 @@ class _Batches:
 # ---------------------------------------------------------------------- train
 def train(config: TrainConfig, data: ImageSet, val: ImageSet | None, out_dir: str | os.PathLike | None,
           *, progress: bool = True, loss: torch.nn.Module | None = None, miner: torch.nn.Module | None = None,
-          encoder: torch.nn.Module | None = None, callbacks: Sequence = ()) -> TrainResult:
+          encoder: torch.nn.Module | None = None, callbacks: list | tuple = ()) -> TrainResult:
     """Train an encoder on ``data`` (the base classes), validate on ``val``, write the run to ``out_dir``.
 
     ``loss`` / ``miner`` / ``encoder`` accept objects (any PML loss or miner, any backbone

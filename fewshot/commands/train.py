@@ -113,7 +113,6 @@ def run(args: argparse.Namespace) -> int:
 
     import episodes
 
-    from ..monitor import monitors, run_title
     from ..train import check_config, train
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -143,6 +142,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"fewshot train: {data.describe()}", file=sys.stderr)
     if val is not None:
         print(f"fewshot train: validation {val.describe()}", file=sys.stderr)
+    from ..monitor import monitors, run_title
+
     title = run_title(cfg.encoder, data.name, val.name if val is not None else None)
     with monitors(cfg.out, title=title, tensorboard=cfg.tensorboard, config=cfg.to_dict(),
                   announce=not args.quiet) as callbacks:
