@@ -62,8 +62,9 @@ def collect(paths: list[str], strict: bool = False) -> tuple[list[str], list[str
 
 
 def confusion_png(path: Path, y_true: list[str], y_pred: list[str], labels: list[str]) -> None:
-    """Write a scikit-learn confusion-matrix plot (rows: true class, columns: predicted); long
-    class names are shortened in the middle so that the matrix keeps most of the figure."""
+    """Write a scikit-learn confusion-matrix plot (rows: true class, columns: predicted). Long class
+    names are shown by what tells them apart (:func:`fewshot.figures.compact_labels`; the part they
+    share goes into the axis labels), so that the matrix keeps most of the figure."""
     from sklearn.metrics import ConfusionMatrixDisplay
 
     from ..figures import compact_labels, pyplot, save_figure
