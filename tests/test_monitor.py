@@ -200,3 +200,11 @@ def test_figure_titles_name_the_data_briefly(tmp_path, monkeypatch):
     assert titles == ["omniglot small2, 3 groups (novel): 5-way"]
     assert OMNIGLOT_SPEC in (tmp_path / "report" / "results.md").read_text()   # the full spec stays
     assert json.loads(files["results.json"].read_text())["dataset"]["name"] == OMNIGLOT_SPEC
+
+
+def test_tensorboard_recipe_key_and_flag(tmp_path):
+    recipe = tmp_path / "mine.toml"
+    recipe.write_text('epochs = 1\ntensorboard = true\n')
+    assert TrainConfig.resolve(str(recipe)).tensorboard is True
+    assert TrainConfig.resolve(str(recipe), tensorboard=False).tensorboard is False
+    assert TrainConfig.resolve(None).tensorboard is False
