@@ -29,11 +29,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from episodes.atomic import atomic_write_text, read_json
 
 from .errors import FewShotError
+from .progress import progress as progress_bar
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -405,6 +405,9 @@ def train_cell(grid: Grid, cell: TrainCell, seed: int, data, out_dir: Path, *, p
         from .train import train
 
         result = train(metric_config(grid, cell.factors, seed), data, None, out_dir, progress=progress)
+    from .curves import CURVES_FILE, plot_curves
+
+    plot_curves(result.metrics, out_dir / CURVES_FILE, title=f"{grid.name}: {cell.label()}, seed {seed}")
     return Path(result.best_path)
 
 
@@ -501,8 +504,8 @@ def run_ablation(grid: Grid, out_dir: str | os.PathLike, *, progress: bool = Tru
     n_total = len(cells) * len(grid.seeds)
     train_data = sets = manifests = None
     trained = 0
-    bar = tqdm(total=n_total, initial=n_total - len(todo), desc=f"ablate {grid.name}", unit="cell",
-               disable=not progress)
+    bar = progress_bar(total=n_total, initial=n_total - len(todo), desc=f"ablate {grid.name}", unit="cell",
+                       leave=True, disable=not progress, every=0)   # in a log: one line per cell
     for cell, seed in todo:
         if sets is None:
             train_data, sets = load_grid_data(grid)
@@ -739,10 +742,9 @@ def write_summary(grid: Grid, summary: dict, out_dir: Path, *, command: str | No
 
 def plot_summary(grid: Grid, summary: dict, out_dir: Path) -> list[Path]:
     """Accuracy vs shot per head (one panel per evaluation set) and one bar chart per varying factor."""
-    import matplotlib
+    from .figures import pyplot, save_figure, shorten, wrap
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = summary["rows"]
@@ -759,7 +761,8 @@ def plot_summary(grid: Grid, summary: dict, out_dir: Path) -> list[Path]:
         means = per_seed.mean(0)
         return float(means.mean()), _seed_ci(means)
 
-    fig, axes = plt.subplots(1, len(set_names), figsize=(max(6.5, 5.5 * len(set_names)), 4.5), squeeze=False)
+    fig, axes = plt.subplots(1, len(set_names), figsize=(max(6.5, 5.5 * len(set_names)), 4.5), squeeze=False,
+                             sharey=True)
     shots = sorted(grid.factors["shot"])
     cells = grid.cells()
     # one line per head; per head and training cell when there are a few cells (else their mean)
@@ -773,7 +776,9 @@ def plot_summary(grid: Grid, summary: dict, out_dir: Path) -> list[Path]:
                 stats = [marginal(set_name, shot=k, **where) for k in shots]
                 m = np.array([s[0] for s in stats]) * 100
                 ci = np.nan_to_num(np.array([s[1] for s in stats]) * 100)
-                label = head if cell is None else f"{head} | {cell.label()}"
+                factors = cell.factors.items() if cell is not None else ()
+                shown = [f"{k}={_fmt(v)}" for k, v in factors if k in grid.varying]
+                label = " | ".join([head, ", ".join(shown)]) if shown else head
                 ax.errorbar(shots, m, yerr=ci, marker="o", capsize=3, label=label,
                             color=colors[hi % len(colors)], linestyle=styles[ci_ % len(styles)])
         ax.set_xscale("log")
@@ -782,14 +787,20 @@ def plot_summary(grid: Grid, summary: dict, out_dir: Path) -> list[Path]:
         ax.set_xticklabels([str(s) for s in shots])
         ax.set_xlabel("shots")
         ax.set_ylabel(f"{grid.way}-way accuracy (%)")
-        ax.set_title(set_name)
+        ax.set_title(shorten(set_name, 40))
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.suptitle(f"{grid.name}\naccuracy vs shot (mean over seeds ± 95% CI)", fontsize=10)
-    fig.tight_layout()
+        ax.set_ylim(top=min(ax.get_ylim()[1], 101))   # a few-seed CI may pass 100%; accuracy cannot
+    # one legend for all panels, below them: it never covers a line, however long its labels
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.suptitle(f"{shorten(grid.name, 80)}\naccuracy vs shot (mean over seeds ± 95% CI)", fontsize=10)
+    ncol = 1 if len(labels) <= 2 else min(len(set_names) * 2, 4, -(-len(labels) // 2))
+    rows_ = -(-len(labels) // ncol)
+    width, height = fig.get_size_inches()
+    fig.set_size_inches(width, height + 0.2 * rows_)
+    fig.legend(handles, labels, loc="lower center", ncol=ncol, fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, (0.1 + 0.2 * rows_) / (height + 0.2 * rows_), 1, 1))
     path = out_dir / "accuracy_vs_shot.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
     paths.append(path)
 
     for factor in grid.varying:
@@ -806,16 +817,16 @@ def plot_summary(grid: Grid, summary: dict, out_dir: Path) -> list[Path]:
             ax.bar(np.arange(len(groups)) + (j - (len(levels) - 1) / 2) * width, m, width, yerr=ci, capsize=2,
                    label=_fmt(level))
         ax.set_xticks(np.arange(len(groups)))
-        ax.set_xticklabels([f"{s}\n{k}-shot" for s, k in groups])
+        ax.set_xticklabels([f"{wrap(s, 14)}\n{k}-shot" for s, k in groups], fontsize=8)
         ax.set_ylabel(f"{grid.way}-way accuracy (%)")
-        ax.set_title(f"{grid.name}: {factor}\n(mean over the other factors and seeds ± 95% CI)", fontsize=9)
+        ax.set_title(f"{shorten(grid.name, 60)}: {factor}\n(mean over the other factors and seeds ± 95% CI)",
+                     fontsize=9)
         ax.legend(title=factor, fontsize=8)
         ax.grid(axis="y", alpha=0.3)
         lo = np.nanmin([r["mean"] for r in rows]) * 100
         ax.set_ylim(max(0, lo - 10), 100)
         fig.tight_layout()
         path = out_dir / f"factor_{factor}.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
+        save_figure(fig, path, dpi=110)
         paths.append(path)
     return paths

@@ -301,8 +301,8 @@ def read_images(paths: Sequence[str | os.PathLike], preprocess: Preprocess, *, s
     arrays, kept, skipped = [], [], []
     it = paths
     if progress:
-        from tqdm import tqdm
-        it = tqdm(paths, desc="reading", unit="img", leave=False)
+        from .progress import progress as progress_bar
+        it = progress_bar(paths, desc="reading", unit="img")
     for p in it:
         try:
             arrays.append(decode_array(p, channels=preprocess.channels, size=preprocess.image_size))
@@ -417,8 +417,8 @@ class FewShotClassifier(nn.Module):
         out = []
         starts = range(0, images.shape[0], batch_size)
         if progress and len(starts) > 1:
-            from tqdm import tqdm
-            starts = tqdm(starts, desc="embedding", unit="batch", leave=False)
+            from .progress import progress as progress_bar
+            starts = progress_bar(starts, desc="embedding", unit="batch")
         with torch.inference_mode():
             for s in starts:
                 out.append(self.features(images[s:s + batch_size]).float().cpu())

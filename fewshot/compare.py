@@ -139,6 +139,7 @@ def compare(config: CompareConfig | None = None, *, progress: bool = True) -> Co
     from episodes import EpisodeSpec, sample_episodes, save_manifest
 
     from .evaluate import build_heads, evaluate
+    from .monitor import monitors, run_title
     from .report import write_report
     from .train import TrainConfig, check_config, fill_placeholders, train
 
@@ -189,7 +190,10 @@ def compare(config: CompareConfig | None = None, *, progress: bool = True) -> Co
 
     # --------------------------------------------------------------- train
     t0 = time.perf_counter()
-    trained = train(train_cfg, base, val, out, progress=progress)
+    title = run_title(train_cfg.encoder, base.name, val.name if val is not None else None)
+    with monitors(out, title=title, tensorboard=train_cfg.tensorboard, config=train_cfg.to_dict(),
+                  announce=progress) as callbacks:
+        trained = train(train_cfg, base, val, out, progress=progress, callbacks=callbacks)
     t_train = time.perf_counter() - t0
     acc = "n/a" if trained.val_accuracy is None else f"{100 * trained.val_accuracy:.2f}%"
     _say(f"trained {train_cfg.encoder} for {train_cfg.epochs} epochs in {t_train:.1f} s "
@@ -205,7 +209,8 @@ def compare(config: CompareConfig | None = None, *, progress: bool = True) -> Co
     t_eval = time.perf_counter() - t0
     seconds = {"data": round(t_data, 2), "train": round(t_train, 2), "eval": round(t_eval, 2),
                "total": round(time.perf_counter() - t_start, 2)}
-    files = {**files, "checkpoint": Path(trained.best_path), "last": Path(trained.last_path),
+    files = {**files, "curves.png": out / "curves.png", "checkpoint": Path(trained.best_path),
+             "last": Path(trained.last_path),
              **{f"episodes-{k}shot": Path(m) for k, m in zip(cfg.shots, manifests)}}
     doc = {"format": "fewshot-compare/1", "compare": _jsonable(asdict(cfg)), "train": train_cfg.to_dict(),
            "val_accuracy": trained.val_accuracy, "held_out_classes": trained.held_out_classes,

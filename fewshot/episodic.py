@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -23,7 +24,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from episodes import EpisodeSpec, ImageSet, sample_episodes
 
@@ -32,6 +32,7 @@ from .checkpoint import save_checkpoint, state_hash
 from .encoders import build_encoder, encoder_spec
 from .errors import FewShotError, from_options
 from .preprocess import Preprocess
+from .progress import progress as progress_bar
 from .train import resolve_device
 
 __all__ = ["EPISODIC_HEADS", "EpisodicConfig", "EpisodicResult", "EpisodicHead", "train_episodic"]
@@ -160,12 +161,13 @@ def _episode_batches(data: ImageSet, spec: EpisodeSpec, count: int, seed: int):
 
 
 def train_episodic(config: EpisodicConfig | dict, data: ImageSet, val: ImageSet | None, out_dir,
-                   *, progress: bool = True) -> EpisodicResult:
+                   *, progress: bool = True, callbacks: Sequence = ()) -> EpisodicResult:
     """Train an encoder episodically on ``data`` (base classes); checkpoints in ``out_dir``.
 
     ``val`` (class-disjoint from ``data``; without it a seeded ``val_fraction`` of the base classes is
     held out, as TRAIN does) is scored each epoch on fixed 5-way ``shot``-shot episodes with the
-    training head; the best epoch is kept as ``best.pt``.
+    training head; the best epoch is kept as ``best.pt``. ``callbacks``: as TRAIN's
+    (``on_epoch_end(row, metrics, out_dir)`` after every epoch, e.g. :class:`fewshot.monitor.CurveWriter`).
     Same seed, same result (on CPU).
     """
     cfg = config if isinstance(config, EpisodicConfig) else EpisodicConfig.from_dict(dict(config))
@@ -223,7 +225,7 @@ def train_episodic(config: EpisodicConfig | dict, data: ImageSet, val: ImageSet 
     metrics: list[dict] = []
     best_acc, best_state = -1.0, None
     start = time.perf_counter()
-    bar = tqdm(total=total, desc=f"episodic {cfg.head}", unit="step", disable=not progress, leave=False)
+    bar = progress_bar(total=total, desc=f"episodic {cfg.head}", unit="step", disable=not progress)
     for epoch in range(cfg.epochs):
         model.train()
         head.train()
@@ -246,10 +248,15 @@ def train_episodic(config: EpisodicConfig | dict, data: ImageSet, val: ImageSet 
             bar.update(1)
             bar.set_postfix(loss=f"{np.mean(losses[-10:]):.3f}")
         record = {"epoch": epoch + 1, "loss": float(np.mean(losses)), "train_accuracy": float(np.mean(accs)),
-                  "first_loss": float(losses[0]), "last_loss": float(np.mean(losses[-5:]))}
+                  "first_loss": float(losses[0]), "last_loss": float(np.mean(losses[-5:])),
+                  "lr": float(opt.param_groups[0]["lr"])}
         if val_eps is not None:
-            record["val_accuracy"] = _val_accuracy(model, head, val, val_eps, preprocess, device)
+            acc = _val_accuracy(model, head, val, val_eps, preprocess, device)
+            record["val_accuracy"] = float(acc.mean())
+            record["val_accuracy_ci95"] = float(1.96 * acc.std() / math.sqrt(len(acc)))
         metrics.append(record)
+        for callback in callbacks:
+            callback.on_epoch_end(record, metrics, out)
         score = record.get("val_accuracy", epoch)   # no validation: the last epoch is the best
         if score >= best_acc:
             best_acc = score
@@ -281,15 +288,16 @@ def _embed(model: nn.Module, images: torch.Tensor, preprocess: Preprocess, devic
 
 @torch.no_grad()
 def _val_accuracy(model: nn.Module, head: EpisodicHead, val: ImageSet, eps, preprocess: Preprocess,
-                  device) -> float:
-    """Mean accuracy of the training head on fixed validation episodes (val images embedded once)."""
+                  device) -> torch.Tensor:
+    """Per-episode accuracy ``[E]`` of the training head on fixed validation episodes (val images
+    embedded once)."""
     model.eval()
     head.eval()
     s, sy, q, qy = eps.gather(_embed(model, val.images, preprocess, device))
     logits = head(s, sy, q, eps.spec.way)
     model.train()
     head.train()
-    return float((logits.argmax(-1) == qy).float().mean())
+    return (logits.argmax(-1) == qy).float().mean(1).cpu()
 
 
 @torch.no_grad()

@@ -113,15 +113,14 @@ def score_episodes(features: torch.Tensor, episodes: Episodes, heads: Sequence[H
     synchronisation costs more than it saves, up to 10x more on a busy machine; None keeps
     torch's setting). The embedding pass is not affected.
     """
-    from tqdm.auto import tqdm
+    from .progress import progress as progress_bar
 
     e = len(episodes)
     way, shot, q = episodes.spec.way, episodes.support.shape[2], episodes.query.shape[2]
     n_support = way * shot
     chunk = chunk_size or _chunk_size(e, way * (shot + q), features.shape[-1])
     out = {h.name: np.empty(e, dtype=np.float64) for h in heads}
-    bar = tqdm(total=e * len(heads), desc=f"{way}-way {shot}-shot", unit="ep", disable=not progress,
-               leave=False)
+    bar = progress_bar(total=e * len(heads), desc=f"{way}-way {shot}-shot", unit="ep", disable=not progress)
     index = torch.cat([episodes.support.reshape(e, -1), episodes.query.reshape(e, -1)], 1).to(features.device)
     rows_per_ep = index.shape[1]
     sy_all, qy_all = episodes.labels()

@@ -90,9 +90,9 @@ def embed(model: torch.nn.Module, images: ImageSet | torch.Tensor, preprocess: C
     prep = preprocess or _default_preprocess
     n = x_all.shape[0]
     chunks: list[torch.Tensor] = []
-    from tqdm.auto import tqdm
+    from .progress import progress as progress_bar
 
-    bar = tqdm(total=n, desc="embed", unit="img", disable=not progress, leave=False)
+    bar = progress_bar(total=n, desc="embed", unit="img", disable=not progress)
     with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=dev.type == "cuda"):
         for start in range(0, n, batch_size):
             batch = x_all[start:start + batch_size].to(dev, non_blocking=True)

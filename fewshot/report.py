@@ -13,6 +13,7 @@ from episodes.atomic import atomic_write_bytes
 
 from . import stats
 from .evaluate import EvalResult
+from .figures import pyplot, save_figure, short_data_name, wrap
 
 
 def results_markdown(result: EvalResult) -> str:
@@ -61,11 +62,7 @@ def episodes_csv(result: EvalResult) -> str:
 
 
 def plot_accuracy_vs_shot(result: EvalResult, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
     for h in result.heads:
         pts = [stats.mean_ci(result.accuracy[(h, s)]) for s in result.shots]
@@ -74,38 +71,34 @@ def plot_accuracy_vs_shot(result: EvalResult, path: Path) -> None:
     ax.set_xlabel("shots per class")
     ax.set_xticks(result.shots)
     ax.set_ylabel(("error rate" if result.challenge else "accuracy") + " (%), 95% CI")
-    ax.set_title(f"{result.dataset.get('name') or 'data'}: {result.way}-way")
+    # the data set briefly (kind and split); its full spec is in results.md / results.json
+    ax.set_title(f"{short_data_name(result.dataset.get('name'))}: {result.way}-way")
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=8)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    save_figure(fig, path, dpi=120)
 
 
 def plot_tsne(result: EvalResult, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
+
+    plt = pyplot()
 
     t = result.tsne
     pts, labels = np.asarray(t["points"]), np.asarray(t["labels"])
-    fig, ax = plt.subplots(figsize=(6, 6), dpi=120)
+    # the legend sits beside the points, never on them; long class names wrap
+    fig, ax = plt.subplots(figsize=(8, 6), dpi=120)
     for c, name in t["class_names"].items():
         m = labels == int(c)
-        ax.scatter(pts[m, 0], pts[m, 1], s=8, label=str(name)[-24:])
-    ax.set_title("t-SNE of novel-class features")
+        ax.scatter(pts[m, 0], pts[m, 1], s=10, label=wrap(name, 22))
+    ax.set_title(f"t-SNE of novel-class features: {short_data_name(result.dataset.get('name'), 36)}",
+                 fontsize=10)
     ax.set_xticks([])
     ax.set_yticks([])
-    ax.legend(fontsize=6, markerscale=2, loc="best")
+    ax.legend(fontsize=7, markerscale=2, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0,
+              title="class", title_fontsize=8)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    save_figure(fig, path, dpi=120)
 
 
 def write_report(result: EvalResult, out_dir: str | os.PathLike) -> dict[str, Path]:

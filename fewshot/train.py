@@ -25,7 +25,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from episodes import EpisodeSpec, ImageSet, sample_episodes
 from episodes.atomic import atomic_write_text
@@ -37,6 +36,7 @@ from .errors import FewShotError, check_option_types, from_options
 from .faults import DeferredInterrupt, StepSnapshot, all_finite, nonfinite_names, save_interrupted
 from .losses import LOSSES, MINERS, PROXY_LOSSES, build_loss, build_miner, distance_name, parse_loss_args
 from .preprocess import Preprocess
+from .progress import progress as progress_bar
 from .runstate import commit_epoch, reconcile, write_metrics
 
 if sys.version_info >= (3, 11):
@@ -110,6 +110,8 @@ class TrainConfig:
     val_tta: int = 1
     val_tta_every: int = 1
     val_tta_augment: dict = field(default_factory=dict)
+    # monitoring
+    tensorboard: bool = False
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
@@ -470,12 +472,14 @@ def _zero_sums() -> dict:
 # ---------------------------------------------------------------------- train
 def train(config: TrainConfig, data: ImageSet, val: ImageSet | None, out_dir: str | os.PathLike | None,
           *, progress: bool = True, loss: torch.nn.Module | None = None, miner: torch.nn.Module | None = None,
-          encoder: torch.nn.Module | None = None) -> TrainResult:
+          encoder: torch.nn.Module | None = None, callbacks: list | tuple = ()) -> TrainResult:
     """Train an encoder on ``data`` (the base classes), validate on ``val``, write the run to ``out_dir``.
 
     ``loss`` / ``miner`` / ``encoder`` accept objects (any PML loss or miner, any backbone
     module) in place of the names in ``config``. Without ``val`` a seeded ``val_fraction`` of the
-    base classes is held out (``TrainResult.held_out_classes``).
+    base classes is held out (``TrainResult.held_out_classes``). ``callbacks``: objects with
+    ``on_epoch_end(row, metrics, out_dir)``, called on the main process after each epoch's row is
+    written (:mod:`fewshot.monitor`: training curves, TensorBoard).
     """
     cfg = config
     out_dir = Path(out_dir if out_dir is not None else cfg.out or "runs/train")
@@ -758,8 +762,8 @@ def train(config: TrainConfig, data: ImageSet, val: ImageSet | None, out_dir: st
                 sums = _zero_sums()
             bar = None
             if progress and is_main:
-                bar = tqdm(total=steps_per_epoch, initial=first, desc=f"epoch {epoch + 1}/{cfg.epochs}",
-                           leave=False, file=sys.stderr, dynamic_ncols=True)
+                bar = progress_bar(total=steps_per_epoch, initial=first, unit="step",
+                                   desc=f"epoch {epoch + 1}/{cfg.epochs}")
             t0 = time.perf_counter()
             for step in range(first, steps_per_epoch):
                 cur["at"] = (epoch, step)
@@ -851,6 +855,8 @@ def train(config: TrainConfig, data: ImageSet, val: ImageSet | None, out_dir: st
                     shown = " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
                                      for k, v in row.items() if not k.endswith("ci95") and k != "lr")
                     print(f"fewshot train: {shown}", file=sys.stderr)
+                for callback in callbacks:
+                    callback.on_epoch_end(row, metrics, out_dir)
             saved = (last_path, epoch + 1, 0)
             cur.update(phase="idle", at=(epoch + 1, 0))
             resume_gen_state = None

@@ -44,6 +44,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     t.add_argument("--set", action="append", type=key_value, default=[], metavar="K=V",
                    help="any other training setting, e.g. --set val_episodes=200 (repeatable)")
     t.add_argument("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads)")
+    t.add_argument("--tensorboard", action="store_true", default=None,
+                   help="also write TensorBoard events to OUT/tensorboard (needs the tensorboard extra)")
     e = p.add_argument_group("evaluation")
     e.add_argument("--heads", default=",".join(DEFAULT_HEADS), help="heads to compare (default: %(default)s)")
     e.add_argument("--shot", "--shots", dest="shot", type=int_list, default=[1, 5],
@@ -75,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
     overrides = {"encoder": args.encoder, "embedding_dim": args.embedding_dim, "loss": args.loss,
                  "miner": args.miner, "w_metric": args.w_metric, "w_ce": args.w_ce, "m": args.m,
                  "batch_size": args.batch_size, "epochs": args.epochs, "lr": args.lr, "seed": args.seed,
-                 "device": args.device}
+                 "device": args.device, "tensorboard": args.tensorboard}
     overrides = {k: v for k, v in overrides.items() if v is not None}
     overrides.update(parse_loss_args(args.set))
     heads = split_heads(args.heads)

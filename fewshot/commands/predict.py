@@ -10,7 +10,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from episodes.atomic import atomic_open, atomic_write_text
+from episodes.atomic import atomic_write_text
 
 from ..errors import FewShotError
 
@@ -62,23 +62,27 @@ def collect(paths: list[str], strict: bool = False) -> tuple[list[str], list[str
 
 
 def confusion_png(path: Path, y_true: list[str], y_pred: list[str], labels: list[str]) -> None:
-    """Write a scikit-learn confusion-matrix plot (rows: true class, columns: predicted)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """Write a scikit-learn confusion-matrix plot (rows: true class, columns: predicted). Long class
+    names are shown by what tells them apart (:func:`fewshot.figures.compact_labels`; the part they
+    share goes into the axis labels), so that the matrix keeps most of the figure."""
     from sklearn.metrics import ConfusionMatrixDisplay
 
+    from ..figures import compact_labels, pyplot, save_figure
+
+    plt = pyplot()
+    shown, shared = compact_labels(labels, 24)
     side = min(40.0, max(5.0, 0.3 * len(labels) + 3))
     fig, ax = plt.subplots(figsize=(side, side))
     ConfusionMatrixDisplay.from_predictions(y_true, y_pred, labels=labels, ax=ax, colorbar=False,
+                                            display_labels=shown,
                                             include_values=len(labels) <= 30, xticks_rotation="vertical")
-    ax.set_title(f"{sum(t == p for t, p in zip(y_true, y_pred))}/{len(y_true)} correct")
+    correct = sum(t == p for t, p in zip(y_true, y_pred))
+    ax.set_title(f"{correct}/{len(y_true)} correct ({100 * correct / max(1, len(y_true)):.1f}%)")
+    if shared:
+        ax.set_xlabel(f"predicted label ({shared})")
+        ax.set_ylabel(f"true label ({shared})")
     fig.tight_layout()
-    try:
-        with atomic_open(path, "wb", suffix=".tmp.png") as fh:
-            fig.savefig(fh, format="png", dpi=100)
-    finally:
-        plt.close(fig)
+    save_figure(fig, path, dpi=100)
 
 
 def run(args: argparse.Namespace) -> int:

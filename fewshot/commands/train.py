@@ -73,6 +73,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     v.add_argument("--val-way", type=int, default=None)
     v.add_argument("--val-shots", type=int, nargs="+", default=None)
     v.add_argument("--val-within-group", action=argparse.BooleanOptionalAction, default=None)
+    v.add_argument("--tensorboard", action=argparse.BooleanOptionalAction, default=None,
+                   help="also write TensorBoard events to OUT/tensorboard (needs the tensorboard extra)")
     v.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -90,7 +92,7 @@ def build_config(args: argparse.Namespace):
         "warmup_epochs": args.warmup_epochs, "seed": args.seed, "device": args.device,
         "compile": args.compile, "resume": args.resume, "val_every": args.val_every,
         "val_episodes": args.val_episodes, "val_way": args.val_way, "val_shots": args.val_shots,
-        "val_within_group": args.val_within_group,
+        "val_within_group": args.val_within_group, "tensorboard": args.tensorboard,
         "loss_args": parse_loss_args(args.loss_arg) if args.loss_arg else None,
         "encoder_args": parse_loss_args(args.encoder_arg) if args.encoder_arg else None,
         "augment": parse_loss_args(args.augment_arg) if args.augment_arg else None,
@@ -132,7 +134,12 @@ def run(args: argparse.Namespace) -> int:
     print(f"fewshot train: {data.describe()}", file=sys.stderr)
     if val is not None:
         print(f"fewshot train: validation {val.describe()}", file=sys.stderr)
-    result = train(cfg, data, val, cfg.out, progress=not args.quiet)
+    from ..monitor import monitors, run_title
+
+    title = run_title(cfg.encoder, data.name, val.name if val is not None else None)
+    with monitors(cfg.out, title=title, tensorboard=cfg.tensorboard, config=cfg.to_dict(),
+                  announce=not args.quiet) as callbacks:
+        result = train(cfg, data, val, cfg.out, progress=not args.quiet, callbacks=callbacks)
     last = result.metrics[-1] if result.metrics else {}
     print(f"run: {result.out_dir}")
     if result.held_out_classes is not None:
@@ -145,4 +152,7 @@ def run(args: argparse.Namespace) -> int:
     if last:
         print(f"last epoch {last['epoch']}: loss {last['loss']:.4f}, {last['img_per_s']:.0f} img/s")
     print(f"checkpoints: {result.best_path} {result.last_path}")
+    print(f"curves: {result.out_dir / 'curves.png'}")
+    if cfg.tensorboard:
+        print(f"tensorboard: tensorboard --logdir {result.out_dir / 'tensorboard'}")
     return 0
