@@ -58,7 +58,7 @@ __all__ = ["adapt", "update", "AdaptReport", "list_support_folder", "head_from_r
 
 # Checkpoint keys the classifier file keeps (what ``load_encoder`` reads; optimizer state is dropped).
 _CHECKPOINT_KEYS = ("format", "model", "encoder", "preprocess", "distance", "hash", "base_classes",
-                    "base_mean", "config", "epoch", "val_accuracy")
+                    "base_mean", "config", "epoch", "val_accuracy", "tta")
 
 
 # ------------------------------------------------------------------ report
