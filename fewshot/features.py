@@ -188,7 +188,8 @@ def _preprocess_key(preprocess: Any) -> Any:
     return repr(preprocess)
 
 
-def feature_cache_key(checkpoint_hash: str, imageset: ImageSet, preprocess: Any, tta: TTA | None = None) -> str:
+def feature_cache_key(checkpoint_hash: str, imageset: ImageSet, preprocess: Any,
+                      tta: TTA | None = None) -> str:
     """Hash of checkpoint content hash + dataset fingerprint + preprocessing (+ the TTA setting)."""
     doc = {"v": CACHE_VERSION, "checkpoint": checkpoint_hash, "data": imageset.fingerprint,
            "preprocess": _preprocess_key(preprocess)}

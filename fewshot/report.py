@@ -54,7 +54,8 @@ def results_markdown(result: EvalResult) -> str:
                   f"(leave-one-out), {r['distance']} distance; pytorch-metric-learning's AccuracyCalculator "
                   f"({r['seconds']:.2f} s).", "",
                   "| precision@1 | R-precision | MAP@R |", "|---|---|---|",
-                  f"| {100 * r['precision_at_1']:.2f} | {100 * r['r_precision']:.2f} | {100 * r['map_at_r']:.2f} |"]
+                  "| " + " | ".join(f"{100 * r[k]:.2f}" for k in ("precision_at_1", "r_precision",
+                                                                  "map_at_r")) + " |"]
     return "\n".join(lines) + "\n"
 
 

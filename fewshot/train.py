@@ -32,8 +32,8 @@ from .augment import Augment
 from .checkpoint import load_checkpoint, save_checkpoint, state_hash
 from .encoders import ENCODERS, build_encoder, encoder_spec
 from .errors import FewShotError, from_options
-from .losses import LOSSES, MINERS, PROXY_LOSSES, build_loss, build_miner, distance_name, parse_loss_args
 from .features import embed
+from .losses import LOSSES, MINERS, PROXY_LOSSES, build_loss, build_miner, distance_name, parse_loss_args
 from .preprocess import Preprocess
 from .tta import DRAWING_AUGMENT, TTA, default_augment, tta_from_config
 

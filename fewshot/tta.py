@@ -29,7 +29,7 @@ from .augment import Augment
 from .errors import FewShotError
 
 __all__ = ["TTA", "DRAWING_AUGMENT", "PHOTO_AUGMENT", "default_augment", "tta_from_config",
-           "checkpoint_tta", "resolve_tta", "parse_tta_args"]
+           "checkpoint_tta", "resolve_tta", "override_tta", "parse_tta_args", "images_per_pass"]
 
 # Drawings (1 channel): milder than the Omniglot training augmentation (the recipe's choice).
 DRAWING_AUGMENT = {"mode": "affine", "degrees": 15.0, "translate": 0.08, "scale": [0.85, 1.15], "shear": 10.0}
@@ -137,7 +137,7 @@ def _short(v: Any) -> str:
     if isinstance(v, (list, tuple)):
         return "-".join(_short(x) for x in v)
     if isinstance(v, float):
-        return f"{v:g}"
+        return f"{v:.3g}"
     return str(v)
 
 
@@ -148,7 +148,8 @@ def tta_from_config(config: dict, channels: int, distance: str | None) -> TTA:
     config = config or {}
     views = config.get("val_tta") or 1
     augment = {**default_augment(channels), **dict(config.get("val_tta_augment") or {})}
-    return TTA(int(views), augment, int(config.get("seed") or 0), normalize=(distance or "cosine") == "cosine")
+    return TTA(int(views), augment, int(config.get("seed") or 0),
+               normalize=(distance or "cosine") == "cosine")
 
 
 def checkpoint_tta(info: dict) -> TTA:
@@ -164,10 +165,14 @@ def checkpoint_tta(info: dict) -> TTA:
 
 
 def resolve_tta(info: dict, views: int | None = None, args: dict | None = None) -> TTA:
-    """The checkpoint's TTA (:func:`checkpoint_tta`) with the user's overrides: ``views`` and
-    augmentation options ``args`` (``seed`` and ``normalize`` among them). A new ``mode`` starts
-    from that mode's default options (affine: the drawing one, crop: the photo one)."""
-    base = checkpoint_tta(info)
+    """The checkpoint's TTA (:func:`checkpoint_tta`) with the user's overrides (:func:`override_tta`)."""
+    return override_tta(checkpoint_tta(info), views, args)
+
+
+def override_tta(base: TTA, views: int | None = None, args: dict | None = None) -> TTA:
+    """``base`` with the user's overrides: ``views`` and augmentation options ``args`` (``seed`` and
+    ``normalize`` among them). A new ``mode`` starts from that mode's default options (affine: the
+    drawing one, crop: the photo one)."""
     args = dict(args or {})
     seed = args.pop("seed", base.seed)
     normalize = args.pop("normalize", base.normalize)
