@@ -47,6 +47,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--repeat", type=int, default=2, help="timed runs of each (the best is kept)")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--limit", type=int, default=None, help="only the first N images (a quicker run)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -59,6 +60,8 @@ def main() -> None:
                               width=[32, 96, 192, 256], last_pool=False).eval()
         pre, distance, augment = Preprocess(28, 1), "cosine", default_augment(1)
     data = episodes.load_data(args.data, args.split)
+    if args.limit:
+        data = data.subset(torch.arange(min(args.limit, len(data))))
     print(f"data: {data.describe()}; encoder {type(model).__name__} "
           f"({'checkpoint' if args.checkpoint else 'Omniglot recipe Conv-4, random weights'}); "
           f"batch {args.batch_size}; {torch.get_num_threads()} threads; "
