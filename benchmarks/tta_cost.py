@@ -84,7 +84,8 @@ def main() -> None:
             tta_t.append(timed(tta)[0])
         p, t = min(plain_t), min(tta_t)
         plain_best = min(plain_best, p)
-        print(f"plain  : {p:7.2f} s ({n / p:7.0f} img/s)   | {v:3d} views: {t:8.2f} s ({n * v / t:7.0f} view/s)"
+        print(f"plain  : {p:7.2f} s ({n / p:7.0f} img/s)   | {v:3d} views: {t:8.2f} s "
+              f"({n * v / t:7.0f} view/s)"
               f"  ratio {t / p:6.2f}x = {t / p / v:.2f} plain passes per view")
     print(f"TTA: {tta.describe()}")
     _, feats = timed(None)

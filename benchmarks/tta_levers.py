@@ -76,7 +76,8 @@ def main() -> None:
           f"TTA {tta.describe()}", flush=True)
     t0 = time.perf_counter()
     views = view_features(model, data, pre, tta, args.batch_size)
-    print(f"  embedded {views.shape[0]} x {views.shape[1]} views in {time.perf_counter() - t0:.0f} s", flush=True)
+    print(f"  embedded {views.shape[0]} x {views.shape[1]} views in {time.perf_counter() - t0:.0f} s",
+          flush=True)
     proto = build_heads("proto", "cosine")
     ks = sorted({k for k in (1, 2, 4, 8, 16, 32, 64, 128, 256) if k <= tta.views} | {tta.views})
     for k in ks:

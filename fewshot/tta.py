@@ -188,19 +188,12 @@ def override_tta(base: TTA, views: int | None = None, args: dict | None = None) 
 
 def parse_tta_args(items: list[str] | dict | None) -> dict:
     """``["degrees=20", "scale=0.8,1.2", "flip=true"]`` -> options (numbers, booleans, lists)."""
-    if not items:
-        return {}
-    if isinstance(items, dict):
-        return dict(items)
-    from .losses import _number
+    from .losses import parse_loss_args
 
-    out = {}
-    for item in items:
-        key, sep, value = str(item).partition("=")
-        if not sep or not key.strip():
-            raise FewShotError(f"--tta-arg wants key=value, got {item!r}")
-        out[key.strip()] = _number(value)
-    return out
+    try:
+        return parse_loss_args(items)
+    except FewShotError as exc:
+        raise FewShotError(str(exc).replace("--loss-arg", "--tta-arg")) from None
 
 
 def images_per_pass(views: int, batch_size: int) -> int:

@@ -12,7 +12,7 @@ import torch
 from adapt_fixtures import checkpoint, folders  # noqa: F401 - fixtures
 
 from episodes.imageset import ImageSet
-from fewshot.checkpoint import load_encoder, save_checkpoint
+from fewshot.checkpoint import save_checkpoint
 from fewshot.cli import main
 from fewshot.encoders import build_encoder, encoder_spec
 from fewshot.errors import FewShotError
@@ -64,10 +64,12 @@ def test_views_are_seeded_and_each_image_is_embedded_on_its_own(digits):
     model, pre, x = _model(), Preprocess(16, 1), digits.images[:23]
     tta = TTA(5, seed=1)
     a = embed(model, x, pre, device="cpu", progress=False, tta=tta, batch_size=5)   # one image per pass
-    assert torch.equal(a, embed(model, x, pre, device="cpu", progress=False, tta=TTA(5, seed=1), batch_size=5))
+    same = embed(model, x, pre, device="cpu", progress=False, tta=TTA(5, seed=1), batch_size=5)
+    assert torch.equal(a, same)
     many = embed(model, x, pre, device="cpu", progress=False, tta=tta, batch_size=5 * 23)
     torch.testing.assert_close(many, a, atol=1e-6, rtol=1e-5)  # batch composition does not matter
-    alone = torch.cat([embed(model, x[i:i + 1], pre, device="cpu", progress=False, tta=tta) for i in range(3)])
+    alone = torch.cat([embed(model, x[i:i + 1], pre, device="cpu", progress=False, tta=tta)
+                       for i in range(3)])
     torch.testing.assert_close(alone, a[:3], atol=1e-6, rtol=1e-5)
     other = embed(model, x, pre, device="cpu", progress=False, tta=TTA(5, seed=2), batch_size=5)
     assert not torch.allclose(other, a)
@@ -82,7 +84,8 @@ def test_tta_settings_are_checked_in_one_line():
         TTA(4, {"mode": "affine", "bogus": 1})
     with pytest.raises(FewShotError, match="geometric"):
         TTA(4, {"mode": "crop", "brightness": 0.4})
-    assert TTA.from_dict(TTA(7, dict(PHOTO_AUGMENT), 3).to_dict()).to_dict() == TTA(7, PHOTO_AUGMENT, 3).to_dict()
+    record = TTA(7, dict(PHOTO_AUGMENT), 3).to_dict()
+    assert TTA.from_dict(record).to_dict() == record
 
 
 def test_checkpoint_default_record_config_and_overrides():
