@@ -52,13 +52,14 @@ from .errors import FewShotError
 from .heads.ls import DEFAULT_GRID, loo_select
 from .inference import threads
 from .preprocess import Preprocess
+from .tta import resolve_tta
 
 __all__ = ["adapt", "update", "AdaptReport", "list_support_folder", "head_from_results", "gcv_select",
            "fit_temperature"]
 
 # Checkpoint keys the classifier file keeps (what ``load_encoder`` reads; optimizer state is dropped).
 _CHECKPOINT_KEYS = ("format", "model", "encoder", "preprocess", "distance", "hash", "base_classes",
-                    "base_mean", "config", "epoch", "val_accuracy")
+                    "base_mean", "config", "epoch", "val_accuracy", "tta")
 
 
 # ------------------------------------------------------------------ report
@@ -77,6 +78,7 @@ class AdaptReport:
     transform: str = "none"
     skipped: list[str] = field(default_factory=list)
     scope: str = "all support images"
+    tta: str = "plain (1 view)"
 
     @property
     def loo_accuracy(self) -> float:
@@ -93,7 +95,8 @@ class AdaptReport:
         total = sum(self.loo_total)
         acc = f"{self.loo_accuracy:.3f} ({sum(self.loo_correct)}/{total})" if total else "n/a"
         lam = f", lambda {self.lam:.3g}" if self.lam is not None else ""
-        lines.append(f"head {self.head} ({self.transform} features{lam}), "
+        tta = "" if self.tta.startswith("plain") else f", TTA {self.tta}"
+        lines.append(f"head {self.head} ({self.transform} features{lam}{tta}), "
                      f"temperature {self.temperature:.4g}; "
                      f"{sum(self.images)} images, {len(self.class_names)} classes; "
                      f"leave-one-out accuracy {acc} over {self.scope}")
@@ -328,7 +331,8 @@ def adapt(encoder_or_checkpoint: str | os.PathLike | dict | nn.Module, support, 
           results: str | os.PathLike | None = None, transform: str | None = None, lam: float | None = None,
           labels=None, class_names: Sequence[str] | None = None, preprocess: Preprocess | None = None,
           reference: bool = False, strict: bool = False, batch_size: int = 256, device: str = "cpu",
-          progress: bool = False, int8: bool = False) -> FewShotClassifier:
+          progress: bool = False, int8: bool = False, tta_views: int | None = None,
+          tta_args: dict | None = None) -> FewShotClassifier:
     """A classifier for the classes of ``support``, from a trained encoder, without training.
 
     Args:
@@ -345,6 +349,9 @@ def adapt(encoder_or_checkpoint: str | os.PathLike | dict | nn.Module, support, 
         strict: unreadable files are errors instead of warnings.
         int8: predict with a static int8 encoder calibrated on the support images (CPU; opt-in,
             see :meth:`FewShotClassifier.quantize`). The head is fitted on float32 features.
+        tta_views, tta_args: test-time augmentation of the support and of every later prediction;
+            default the checkpoint's recipe setting (:func:`fewshot.tta.resolve_tta`). The model file
+            records it.
 
     The result's ``.report`` (:class:`AdaptReport`) holds per-class counts and the LOO estimate.
     """
@@ -370,8 +377,9 @@ def adapt(encoder_or_checkpoint: str | os.PathLike | dict | nn.Module, support, 
                            "a classifier needs at least two")
     if len(set(names)) != len(names):
         raise FewShotError("class names must be unique")
+    tta = resolve_tta({**info, "preprocess": preprocess}, tta_views, tta_args)
     clf = FewShotClassifier(encoder, preprocess, _placeholder(len(names)), names, transform=transform,
-                            base_mean=info.get("base_mean"), source=source)
+                            base_mean=info.get("base_mean"), source=source, tta=tta)
     z = clf.embed(images, batch_size=batch_size, progress=progress)
     with threads(1):  # small dense linear algebra: see fewshot.inference.threads
         state = _fit_head(head, z, y, len(names), distance, lam)
@@ -379,7 +387,8 @@ def adapt(encoder_or_checkpoint: str | os.PathLike | dict | nn.Module, support, 
     clf.head = state
     clf.temperature = temperature if temperature is not None else 1.0
     clf.report = AdaptReport(head, names, counts.tolist(), counts.tolist(), loo_correct, loo_total,
-                             clf.temperature, getattr(state, "lam", None), transform, skipped)
+                             clf.temperature, getattr(state, "lam", None), transform, skipped,
+                             tta=tta.describe())
     if int8:
         clf.quantize(images)
     return clf
@@ -433,10 +442,11 @@ def update(classifier: FewShotClassifier, more_support, *, lam: float | None = N
     clf = FewShotClassifier(classifier.encoder, classifier.preprocess, merged, all_names,
                             transform=classifier.transform, base_mean=classifier.base_mean,
                             temperature=temperature,
-                            source=classifier.source)
+                            source=classifier.source, tta=classifier.tta)
     added = torch.bincount(y, minlength=k).tolist()
     clf.report = AdaptReport(merged.kind, all_names, merged.counts.tolist(), added, loo_correct, loo_total,
-                             temperature, getattr(merged, "lam", None), classifier.transform, skipped, scope)
+                             temperature, getattr(merged, "lam", None), classifier.transform, skipped, scope,
+                             "plain (1 view)" if classifier.tta is None else classifier.tta.describe())
     return clf
 
 

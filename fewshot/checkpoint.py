@@ -98,7 +98,8 @@ def load_encoder(path_or_dict: str | os.PathLike | dict, device: str | torch.dev
 
     ``info``: ``preprocess`` (:class:`Preprocess`), ``distance`` (``"cosine"``/``"euclidean"``),
     ``hash`` (16 hex of the weights), ``path``, ``base_classes`` (names), ``base_mean``
-    (``[D]`` mean embedding of the base training images) and ``config`` (the training config).
+    (``[D]`` mean embedding of the base training images), ``config`` (the training config) and
+    ``tta`` (the recorded test-time augmentation, or None).
     """
     if isinstance(path_or_dict, dict):
         ckpt, path = path_or_dict, path_or_dict.get("path")
@@ -130,5 +131,6 @@ def load_encoder(path_or_dict: str | os.PathLike | dict, device: str | torch.dev
         "config": dict(ckpt.get("config", {})),
         "epoch": ckpt.get("epoch"),
         "val_accuracy": ckpt.get("val_accuracy"),
+        "tta": ckpt.get("tta"),  # the recipe's test-time augmentation (fewshot.tta.checkpoint_tta)
     }
     return model, info

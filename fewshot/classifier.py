@@ -35,6 +35,7 @@ from .heads.nn import FittedNN
 from .heads.proto import FittedProto
 from .inference import inference_model, prepare_input, threads
 from .preprocess import Preprocess
+from .tta import TTA
 
 __all__ = ["FORMAT", "VERSION", "HEAD_KINDS", "FewShotClassifier", "Predictions", "ProtoState",
            "RidgeState", "NeighbourState", "load_classifier", "feature_transform", "read_images"]
@@ -333,7 +334,7 @@ class FewShotClassifier(nn.Module):
     def __init__(self, encoder: nn.Module, preprocess: Preprocess, head: nn.Module,
                  class_names: Sequence[str],
                  *, transform: str = "none", base_mean: torch.Tensor | None = None, temperature: float = 1.0,
-                 source: dict | None = None, report: object | None = None):
+                 source: dict | None = None, report: object | None = None, tta: TTA | None = None):
         super().__init__()
         if head.kind not in HEAD_KINDS:
             raise FewShotError(f"unknown head kind {head.kind!r}")
@@ -347,6 +348,7 @@ class FewShotClassifier(nn.Module):
         # how the encoder is stored: {"checkpoint": dict} or {"reference": {"path", "hash"}}
         self.source = dict(source or {})
         self.report = report
+        self.tta = tta  # test-time augmentation of embed/predict (None or 1 view: plain)
         self.int8_calibration: torch.Tensor | None = None   # uint8 images the int8 encoder was calibrated on
         self._int8: nn.Module | None = None
 
@@ -412,8 +414,15 @@ class FewShotClassifier(nn.Module):
         return feature_transform(z.flatten(1), self.transform, self.base_mean)
 
     def embed(self, images: torch.Tensor, batch_size: int = 256, progress: bool = False) -> torch.Tensor:
-        """:meth:`features` in batches, without gradients, on CPU: ``float32 [N, D]``."""
+        """:meth:`features` in batches, without gradients, on CPU: ``float32 [N, D]``; with the
+        classifier's test-time augmentation (``self.tta``) through :func:`fewshot.features.embed`."""
         images = self.check_images(images)
+        if self.tta is not None and not self.tta.plain:
+            from .features import embed_tensor
+
+            z = embed_tensor(self._int8 or self.encoder, images, self.preprocess, device=self._device(),
+                             batch_size=batch_size, progress=progress, tta=self.tta)
+            return feature_transform(z.flatten(1), self.transform, self.base_mean).float().cpu()
         out = []
         starts = range(0, images.shape[0], batch_size)
         if progress and len(starts) > 1:
@@ -481,6 +490,7 @@ class FewShotClassifier(nn.Module):
             "class_names": list(self.class_names),
             "temperature": self.temperature,
             **({"int8_calibration": self.int8_calibration} if self.int8_calibration is not None else {}),
+            **({"tta": self.tta.to_dict()} if self.tta is not None else {}),
         }
 
     def save(self, path: str | os.PathLike) -> Path:
@@ -499,7 +509,8 @@ class FewShotClassifier(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"head={self.head.kind}, classes={self.num_classes}, transform={self.transform}, "
-                f"temperature={self.temperature:.4g}, int8={self.int8}")
+                f"temperature={self.temperature:.4g}, int8={self.int8}"
+                + ("" if self.tta is None or self.tta.plain else f", tta={self.tta.views}"))
 
 
 # ------------------------------------------------------------------ hashing
@@ -593,7 +604,8 @@ def load_classifier(path: str | os.PathLike, *, device: str = "cpu") -> FewShotC
         clf = FewShotClassifier(encoder, preprocess, head, payload["class_names"],
                                 transform=payload["transform"],
                                 base_mean=payload["base_mean"], temperature=payload["temperature"],
-                                source=payload["encoder"])
+                                source=payload["encoder"],
+                                tta=None if payload.get("tta") is None else TTA.from_dict(payload["tta"]))
         if payload.get("int8_calibration") is not None:
             clf.quantize(payload["int8_calibration"])
     except FewShotError as exc:

@@ -44,6 +44,8 @@ class CompareConfig:
         train: further TRAIN settings (``TrainConfig`` fields) that override the recipe.
         heads, way, shots, query, episodes, episode_seed: the evaluation protocol.
         transform, distance, within_group: as in ``fewshot eval``.
+        tta, tta_args: test-time augmentation views and options (default: the recipe's, as recorded
+            in the checkpoint; see :func:`fewshot.tta.resolve_tta`).
         out: the run folder (default ``runs/compare-<timestamp>``).
     """
 
@@ -66,6 +68,8 @@ class CompareConfig:
     within_group: bool = False
     tsne: bool = False
     out: str | None = None
+    tta: int | None = None
+    tta_args: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for name in ("way", "query", "episodes"):
@@ -142,10 +146,12 @@ def compare(config: CompareConfig | None = None, *, progress: bool = True) -> Co
     from .monitor import monitors, run_title
     from .report import write_report
     from .train import TrainConfig, check_config, fill_placeholders, train
+    from .tta import TTA, override_tta
 
     t_start = time.perf_counter()
     cfg = (config or CompareConfig()).resolved()
     build_heads(list(cfg.heads), cfg.distance)  # a bad head name fails now, not after training
+    override_tta(TTA(), cfg.tta, cfg.tta_args)  # so does a bad TTA option
     out = Path(cfg.out) if cfg.out else default_out_dir()
 
     train_cfg = TrainConfig.resolve(cfg.recipe, **{**cfg.train, "data": cfg.data, "split": cfg.split,
@@ -204,7 +210,7 @@ def compare(config: CompareConfig | None = None, *, progress: bool = True) -> Co
     result = evaluate(trained.best_path, novel, heads=list(cfg.heads), way=cfg.way, shots=cfg.shots,
                       query=cfg.query, episodes=cfg.episodes, seed=cfg.episode_seed, transform=cfg.transform,
                       distance=cfg.distance, within_group=cfg.within_group, episodes_file=manifests,
-                      tsne=cfg.tsne, progress=progress)
+                      tsne=cfg.tsne, progress=progress, tta_views=cfg.tta, tta_args=cfg.tta_args)
     files = write_report(result, out)
     t_eval = time.perf_counter() - t0
     seconds = {"data": round(t_data, 2), "train": round(t_train, 2), "eval": round(t_eval, 2),

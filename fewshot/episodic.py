@@ -280,10 +280,11 @@ def train_episodic(config: EpisodicConfig | dict, data: ImageSet, val: ImageSet 
     return EpisodicResult(best_path, last_path, metrics, val_acc, seconds, held_out)
 
 
-@torch.no_grad()
 def _embed(model: nn.Module, images: torch.Tensor, preprocess: Preprocess, device) -> torch.Tensor:
-    out = [model(preprocess(images[i:i + 256].to(device)))[0] for i in range(0, len(images), 256)]
-    return torch.cat(out)
+    """Embeddings on ``device`` through the toolkit's one embedding path (:func:`fewshot.features.embed`)."""
+    from .features import embed
+
+    return embed(model, images, preprocess, device=device, progress=False).to(device)
 
 
 @torch.no_grad()

@@ -35,6 +35,7 @@ from .heads import Head, get_head
 from .heads.base import check_distance
 from .heads.batch import EpisodeBatch, centred_features
 from .inference import threads as limit_threads
+from .tta import resolve_tta
 
 DEFAULT_HEADS = ("proto", "nn", "ls", "ls-mlp", "logreg")
 # Gathered support+query features per chunk. Small enough that the chunk's rows stay in cache
@@ -169,6 +170,7 @@ class EvalResult:
     checkpoint: dict = field(default_factory=dict)
     challenge: bool = False
     tsne: dict | None = None
+    retrieval: dict | None = None
 
     # ------------------------------------------------------------------ statistics
     def results(self) -> list[dict]:
@@ -209,7 +211,8 @@ class EvalResult:
         n_eps = sorted({int(a.size) for a in self.accuracy.values()})
         head = (f"{self.dataset.get('name') or 'data'}: {self.way}-way, {self.query} queries/class, "
                 f"{'/'.join(map(str, n_eps))} episodes, {metric} ± 95% CI "
-                f"(transform {self.config.get('transform')}, distance {self.config.get('distance')})")
+                f"(transform {self.config.get('transform')}, distance {self.config.get('distance')}"
+                f"{_tta_note(self.config.get('tta'))})")
         width = max(8, *(len(h) for h in self.heads))
         lines = [head, f"{'head':<{width}}  " + "  ".join(f"{c:>14}" for c in cols)]
         for h in self.heads:
@@ -228,6 +231,10 @@ class EvalResult:
                 for r in pairs:
                     if r["shot"] == s and best in (r["head_a"], r["head_b"]):
                         lines.append(f"  {s}-shot: {r['verdict']}")
+        if self.retrieval is not None:
+            from .retrieval import describe
+
+            lines.append(describe(self.retrieval))
         return "\n".join(lines)
 
     def to_dict(self) -> dict:
@@ -241,7 +248,16 @@ class EvalResult:
             "challenge": self.challenge,
             "results": self.results(),
             "paired": self.paired(),
+            "retrieval": self.retrieval,
         }
+
+
+def _tta_note(record: dict | None) -> str:
+    if not record or int(record.get("views", 1)) == 1:
+        return ""
+    from .tta import TTA
+
+    return f", TTA {TTA.from_dict(record).describe()}"
 
 
 def versions() -> dict:
@@ -298,7 +314,8 @@ def evaluate(checkpoint: str | os.PathLike | tuple[torch.nn.Module, dict], data:
              distance: str | None = None, within_group: bool = False, episodes_file=None,
              out_dir: str | os.PathLike | None = None, tsne: bool = False, progress: bool = True,
              device: str | None = None, batch_size: int = 256, cache_dir: str | os.PathLike | None = None,
-             challenge: bool = False, chunk_size: int | None = None) -> EvalResult:
+             challenge: bool = False, chunk_size: int | None = None, tta_views: int | None = None,
+             tta_args: dict | None = None, retrieval: bool = True) -> EvalResult:
     """Score every head on the same episodes of ``data`` (novel classes) with the encoder of ``checkpoint``.
 
     ``checkpoint``: a path (``fewshot.checkpoint.load_encoder``) or a loaded ``(model, info)`` pair.
@@ -308,6 +325,11 @@ def evaluate(checkpoint: str | os.PathLike | tuple[torch.nn.Module, dict], data:
     ``episodes_file``: one manifest path or several (one per shot) instead. Images are converted to
     the encoder's channels and size by the checkpoint's preprocessing, so cross-domain data just
     works. With ``out_dir`` the report is written there (:func:`fewshot.report.write_report`).
+
+    Test-time augmentation: the checkpoint's (:func:`fewshot.tta.resolve_tta`; the recipe's views and
+    augmentation, plain for a checkpoint without one), ``tta_views`` / ``tta_args`` override it.
+    ``retrieval``: also precision@1, R-precision and MAP@R of leave-one-out retrieval over all images
+    (:mod:`fewshot.retrieval`, under the checkpoint's training distance) when every class has >= 2.
     """
     dev = best_device(device)
     model, info = _load_encoder(checkpoint, dev)
@@ -315,9 +337,10 @@ def evaluate(checkpoint: str | os.PathLike | tuple[torch.nn.Module, dict], data:
     kind = transform or default_transform(distance)
     head_objs = build_heads(heads, distance)
     ep_sets = _episode_sets(data, way, shots, query, episodes, seed, within_group, episodes_file)
+    tta = resolve_tta(info, tta_views, tta_args)
 
     feats = embed_cached((model, info), data, cache_dir=cache_dir, device=dev, batch_size=batch_size,
-                         progress=progress)
+                         progress=progress, tta=tta)
     check_finite(feats, data.name or None)
     base_mean = info.get("base_mean")
     feats = apply_transform(feats, kind, None if base_mean is None else torch.as_tensor(base_mean).cpu())
@@ -338,7 +361,8 @@ def evaluate(checkpoint: str | os.PathLike | tuple[torch.nn.Module, dict], data:
                   [os.fspath(f) for f in episodes_file] if isinstance(episodes_file, (list, tuple))
                   else os.fspath(episodes_file)),
               "within_group": bool(within_group or any(e.within_group for e in ep_sets)),
-              "transform": kind, "distance": distance, "device": str(dev), "challenge": challenge}
+              "transform": kind, "distance": distance, "device": str(dev), "challenge": challenge,
+              "tta": tta.to_dict()}
     result = EvalResult(
         heads=[h.name for h in head_objs], shots=config["shots"], way=way_used, query=query_used,
         accuracy=accuracy, config=config,
@@ -348,6 +372,10 @@ def evaluate(checkpoint: str | os.PathLike | tuple[torch.nn.Module, dict], data:
                     "hash": info.get("hash"), "distance": info.get("distance")},
         challenge=challenge,
     )
+    if retrieval and _retrievable(data):
+        from .retrieval import retrieval_figures
+
+        result.retrieval = retrieval_figures(feats, data.labels, info.get("distance") or distance)
     if tsne:
         result.tsne = tsne_embedding(feats, data, seed)
     if out_dir is not None:
@@ -355,3 +383,10 @@ def evaluate(checkpoint: str | os.PathLike | tuple[torch.nn.Module, dict], data:
 
         write_report(result, Path(out_dir))
     return result
+
+
+def _retrievable(data: ImageSet) -> bool:
+    """Leave-one-out retrieval needs two classes of at least two images each."""
+    counts = torch.bincount(data.labels)
+    counts = counts[counts > 0]
+    return counts.numel() >= 2 and int(counts.min()) >= 2

@@ -22,6 +22,7 @@ from episodes.atomic import atomic_open
 from episodes.imageset import ImageSet
 
 from .errors import FewShotError
+from .tta import TTA, images_per_pass
 
 TRANSFORMS = ("none", "l2", "cl2n")
 CACHE_VERSION = 1
@@ -67,8 +68,9 @@ def _probe(model: torch.nn.Module, fast: torch.nn.Module, x: torch.Tensor) -> No
 
 def embed(model: torch.nn.Module, images: ImageSet | torch.Tensor, preprocess: Callable | None, *,
           device: str | torch.device | None = None, batch_size: int = 256,
-          progress: bool = True) -> torch.Tensor:
-    """Embed every image: ``float32 [N, D]`` on the CPU.
+          progress: bool = True, tta: TTA | None = None) -> torch.Tensor:
+    """Embed every image: ``float32 [N, D]`` on the CPU. The one embedding path of the toolkit
+    (evaluation, adaptation, prediction and training validation all come here).
 
     ``images``: an :class:`~episodes.ImageSet` or uint8 ``[N,C,H,W]``. ``preprocess`` maps a uint8
     batch (already on the device) to the model's normalised float input, converting channels and
@@ -77,10 +79,24 @@ def embed(model: torch.nn.Module, images: ImageSet | torch.Tensor, preprocess: C
     conv+BN folded, channels_last; the model itself is not modified) under
     ``torch.inference_mode`` and, on CUDA, bf16 autocast. Non-finite embeddings raise
     :class:`FewShotError`.
+
+    ``tta``: test-time augmentation (:class:`fewshot.tta.TTA`; ``None`` or one view: plain). Each
+    pass embeds the views of ``batch_size // views`` images together (views x images in one batch,
+    no loop over views) and averages each image's views.
     """
     x_all = images.images if isinstance(images, ImageSet) else images
     if not isinstance(x_all, torch.Tensor) or x_all.dtype != torch.uint8 or x_all.dim() != 4:
         raise FewShotError("embed needs an ImageSet or a uint8 tensor [N, C, H, W]")
+    feats = embed_tensor(model, x_all, preprocess, device=device, batch_size=batch_size,
+                         progress=progress, tta=tta)
+    check_finite(feats, getattr(images, "name", "") or None)
+    return feats
+
+
+def embed_tensor(model: torch.nn.Module, x_all: torch.Tensor, preprocess: Callable | None, *,
+                 device: str | torch.device | None = None, batch_size: int = 256, progress: bool = False,
+                 tta: TTA | None = None) -> torch.Tensor:
+    """:func:`embed` of a uint8 or [0, 1] float tensor ``[N, C, H, W]``, without the checks."""
     if batch_size < 1:
         raise FewShotError(f"batch size must be positive, got {batch_size}")
     dev = best_device(device)
@@ -88,24 +104,38 @@ def embed(model: torch.nn.Module, images: ImageSet | torch.Tensor, preprocess: C
 
     fast = inference_model(model, dev)
     prep = preprocess or _default_preprocess
+    plain = tta is None or tta.plain
+    step = batch_size if plain else images_per_pass(tta.views, batch_size)
     n = x_all.shape[0]
     chunks: list[torch.Tensor] = []
     from .progress import progress as progress_bar
 
-    bar = progress_bar(total=n, desc="embed", unit="img", disable=not progress)
+    bar = progress_bar(total=n, desc="embed" if plain else f"embed x{tta.views}", unit="img",
+                       disable=not progress)
     with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=dev.type == "cuda"):
-        for start in range(0, n, batch_size):
-            batch = x_all[start:start + batch_size].to(dev, non_blocking=True)
-            x = prepare_input(prep, batch, channels_last=fast.channels_last)
+        for start in range(0, n, step):
+            batch = x_all[start:start + step].to(dev, non_blocking=True)
+            if plain:
+                x = prepare_input(prep, batch, channels_last=fast.channels_last)
+            else:
+                x = _normalize(prep, tta.expand(_to_unit(prep, batch)))
             if start == 0:
                 _probe(model, fast.module, x[:1])
-            emb = fast(x)
-            chunks.append(emb.float().cpu())
+            emb = fast(x).float()
+            chunks.append((emb if plain else tta.reduce(emb)).cpu())
             bar.update(batch.shape[0])
     bar.close()
-    feats = torch.cat(chunks) if chunks else torch.empty(0, 0)
-    check_finite(feats, getattr(images, "name", "") or None)
-    return feats
+    return torch.cat(chunks) if chunks else torch.empty(0, 0)
+
+
+def _to_unit(preprocess: Callable, batch: torch.Tensor) -> torch.Tensor:
+    if hasattr(preprocess, "to_unit"):
+        return preprocess.to_unit(batch)
+    return batch.float().div(255) if batch.dtype == torch.uint8 else batch.float()
+
+
+def _normalize(preprocess: Callable, x: torch.Tensor) -> torch.Tensor:
+    return preprocess.normalize(x) if hasattr(preprocess, "normalize") else x
 
 
 def check_finite(features: torch.Tensor, source: str | None = None) -> None:
@@ -158,10 +188,13 @@ def _preprocess_key(preprocess: Any) -> Any:
     return repr(preprocess)
 
 
-def feature_cache_key(checkpoint_hash: str, imageset: ImageSet, preprocess: Any) -> str:
-    """Hash of checkpoint content hash + dataset fingerprint + preprocessing."""
+def feature_cache_key(checkpoint_hash: str, imageset: ImageSet, preprocess: Any,
+                      tta: TTA | None = None) -> str:
+    """Hash of checkpoint content hash + dataset fingerprint + preprocessing (+ the TTA setting)."""
     doc = {"v": CACHE_VERSION, "checkpoint": checkpoint_hash, "data": imageset.fingerprint,
            "preprocess": _preprocess_key(preprocess)}
+    if tta is not None and not tta.plain:  # plain keys stay what they were
+        doc["tta"] = tta.to_dict()
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
 
@@ -175,19 +208,19 @@ def _load_encoder(checkpoint: Any, device: torch.device) -> tuple[torch.nn.Modul
 
 def embed_cached(checkpoint: str | os.PathLike | tuple[torch.nn.Module, dict], imageset: ImageSet, *,
                  cache_dir: str | os.PathLike | None = None, device: str | torch.device | None = None,
-                 batch_size: int = 256, progress: bool = True) -> torch.Tensor:
+                 batch_size: int = 256, progress: bool = True, tta: TTA | None = None) -> torch.Tensor:
     """:func:`embed` through a disk cache: ``float32 [N, D]``.
 
     ``checkpoint`` is a checkpoint path or an already loaded ``(model, info)`` pair (info as from
     ``fewshot.checkpoint.load_encoder``: ``hash``, ``preprocess``). The cache file
     ``<cache_dir>/features/<key>.pt`` is keyed by the checkpoint's content hash, the data set's
-    fingerprint and the preprocessing; it is written atomically and read with
+    fingerprint, the preprocessing and the TTA setting (``tta``); it is written atomically and read with
     ``weights_only=True``. A corrupt cache file is recomputed (with a warning).
     """
     dev = best_device(device)
     model, info = _load_encoder(checkpoint, dev)
     preprocess = info.get("preprocess")
-    key = feature_cache_key(str(info.get("hash", "")), imageset, preprocess)
+    key = feature_cache_key(str(info.get("hash", "")), imageset, preprocess, tta)
     root = Path(cache_dir) if cache_dir is not None else cache_dir_default()
     path = root / "features" / f"{key}.pt"
     if path.exists() and info.get("hash"):
@@ -198,7 +231,7 @@ def embed_cached(checkpoint: str | os.PathLike | tuple[torch.nn.Module, dict], i
                 return feats
         except Exception as exc:  # noqa: BLE001 - any unreadable cache is recomputed
             warnings.warn(f"{path}: unreadable feature cache ({exc}); recomputing", stacklevel=2)
-    feats = embed(model, imageset, preprocess, device=dev, batch_size=batch_size, progress=progress)
+    feats = embed(model, imageset, preprocess, device=dev, batch_size=batch_size, progress=progress, tta=tta)
     if info.get("hash"):  # an unhashed (in-memory) model cannot be cached safely
         with atomic_open(path, "wb") as fh:
             torch.save({"key": key, "features": feats, "fingerprint": imageset.fingerprint,

@@ -23,7 +23,8 @@ def results_markdown(result: EvalResult) -> str:
              f"{result.way}-way, {result.query} queries per class; {metric}, mean ± 95% CI over episodes "
              f"(1.96·s/√E, ddof=1). Transform `{result.config.get('transform')}`, distance "
              f"`{result.config.get('distance')}`; data fingerprint `{ds.get('fingerprint')}`; checkpoint "
-             f"`{result.checkpoint.get('path')}` (hash `{result.checkpoint.get('hash')}`).", "",
+             f"`{result.checkpoint.get('path')}` (hash `{result.checkpoint.get('hash')}`). "
+             f"Test-time augmentation: {_tta_text(result.config.get('tta'))}.", "",
              "| head | " + " | ".join(f"{s}-shot" for s in result.shots) + " |",
              "|---|" + "---|" * len(result.shots)]
     for h in result.heads:
@@ -47,7 +48,22 @@ def results_markdown(result: EvalResult) -> str:
                          f"{100 * r['ci95']:.2f} | {r['p_value']:.2g} | {r['p_holm']:.2g} | "
                          f"{r['p_wilcoxon']:.2g} | {r['wins']}/{r['ties']}/{r['losses']} |")
         lines += ["", "## Verdicts", ""] + [f"- {r['shot']}-shot: {r['verdict']}" for r in pairs]
+    if result.retrieval is not None:
+        r = result.retrieval
+        lines += ["", "## Retrieval", "",
+                  f"Every one of the {r['images']} images ({r['classes']} classes) queries all the others "
+                  f"(leave-one-out), {r['distance']} distance; pytorch-metric-learning's AccuracyCalculator "
+                  f"({r['seconds']:.2f} s).", "",
+                  "| precision@1 | R-precision | MAP@R |", "|---|---|---|",
+                  "| " + " | ".join(f"{100 * r[k]:.2f}" for k in ("precision_at_1", "r_precision",
+                                                                  "map_at_r")) + " |"]
     return "\n".join(lines) + "\n"
+
+
+def _tta_text(record: dict | None) -> str:
+    from .tta import TTA
+
+    return TTA.from_dict(record).describe() if record else "none recorded"
 
 
 def episodes_csv(result: EvalResult) -> str:

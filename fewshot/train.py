@@ -34,10 +34,12 @@ from .checkpoint import load_checkpoint, save_checkpoint, state_hash
 from .encoders import ENCODERS, INIT_ONLY, build_encoder, encoder_spec
 from .errors import FewShotError, check_option_types, from_options
 from .faults import DeferredInterrupt, StepSnapshot, all_finite, nonfinite_names, save_interrupted
+from .features import embed
 from .losses import LOSSES, MINERS, PROXY_LOSSES, build_loss, build_miner, distance_name, parse_loss_args
 from .preprocess import Preprocess
 from .progress import progress as progress_bar
 from .runstate import commit_epoch, reconcile, write_metrics
+from .tta import DRAWING_AUGMENT, TTA, default_augment, tta_from_config
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -282,65 +284,28 @@ def resolve_device(name: str | None, local_rank: int = 0) -> torch.device:
     return device
 
 
-@torch.no_grad()
 def embed_images(model: torch.nn.Module, images: torch.Tensor, preprocess: Preprocess,
                  device: torch.device, batch_size: int = 512) -> torch.Tensor:
-    """Embeddings ``[N, D]`` (float32, on ``device``) of uint8 images, in eval mode."""
-    was_training = model.training
-    model.eval()
-    out = []
-    for start in range(0, images.shape[0], batch_size):
-        x = preprocess(images[start:start + batch_size].to(device, non_blocking=True))
-        x = x.contiguous(memory_format=torch.channels_last)
-        if device.type == "cuda":
-            with torch.autocast("cuda", dtype=torch.bfloat16):
-                emb = model(x)[0]
-        else:
-            emb = model(x)[0]
-        out.append(emb.float())
-    model.train(was_training)
-    return torch.cat(out) if out else torch.empty(0)
+    """Embeddings ``[N, D]`` (float32, on ``device``) of uint8 images: :func:`fewshot.features.embed`."""
+    return embed(model, images, preprocess, device=device, batch_size=batch_size, progress=False).to(device)
 
 
-TTA_AUGMENT = {"mode": "affine", "degrees": 15.0, "translate": 0.08, "scale": [0.85, 1.15], "shear": 10.0}
+TTA_AUGMENT = DRAWING_AUGMENT
 
 
-@torch.no_grad()
 def embed_tta(model: torch.nn.Module, images: torch.Tensor, preprocess: Preprocess, device: torch.device,
               views: int, augment: Augment | dict | None = None, *, seed: int = 0,
               normalize: bool = True, batch_size: int = 512) -> torch.Tensor:
-    """Test-time augmentation: the mean embedding ``[N, D]`` of ``views`` versions of every image.
-
-    View 0 is the image itself; the others are seeded random draws of ``augment`` (default
-    :data:`TTA_AUGMENT`: milder than the Omniglot training augmentation), so the same seed gives the same
-    features. With ``normalize`` (cosine distance) the unit-length embeddings are averaged. Each
-    image, support or query, is embedded on its own: no information passes between images, so
-    1-shot stays 1-shot. ``views=1`` is plain :func:`embed_images`.
-    """
+    """Test-time augmentation: the mean embedding ``[N, D]`` of ``views`` versions of every image
+    (:func:`fewshot.features.embed` with a :class:`fewshot.tta.TTA`; ``augment`` over the data kind's
+    default, :func:`fewshot.tta.default_augment`). ``views=1`` is plain :func:`embed_images`
+    (unit length with ``normalize``)."""
     if views < 1:
         raise FewShotError(f"val_tta must be a positive number of views, got {views}")
-    aug = augment if isinstance(augment, Augment) else Augment.from_dict(
-        {**TTA_AUGMENT, **(augment or {})})
-    gen = torch.Generator(device=device)
-    gen.manual_seed(_derive_seed(seed, 3))
-    was_training = model.training
-    model.eval()
-    total = None
-    for view in range(views):
-        out = []
-        for start in range(0, images.shape[0], batch_size):
-            x = preprocess.to_unit(images[start:start + batch_size].to(device, non_blocking=True))
-            x = preprocess.normalize(aug(x, gen) if view else x).contiguous(memory_format=torch.channels_last)
-            if device.type == "cuda":
-                with torch.autocast("cuda", dtype=torch.bfloat16):
-                    out.append(model(x)[0].float())
-            else:
-                out.append(model(x)[0].float())
-        emb = torch.cat(out)
-        emb = F.normalize(emb, dim=-1) if normalize else emb
-        total = emb if total is None else total + emb
-    model.train(was_training)
-    return total / views
+    options = augment.to_dict() if isinstance(augment, Augment) else dict(augment or {})
+    tta = TTA(views, {**default_augment(preprocess.channels), **options}, seed, normalize)
+    emb = embed(model, images, preprocess, device=device, batch_size=batch_size, progress=False, tta=tta)
+    return (F.normalize(emb, dim=-1) if normalize and views == 1 else emb).to(device)
 
 
 def episode_accuracy(features: torch.Tensor, episodes, distance: str = "cosine") -> torch.Tensor:
@@ -677,6 +642,7 @@ def train(config: TrainConfig, data: ImageSet, val: ImageSet | None, out_dir: st
             "best_accuracy": best["accuracy"] if best else -1.0,
             "val_accuracy": metrics[-1].get("val_accuracy") if metrics else None,
             "hash": None, "base_mean": None,
+            "tta": tta_from_config(cfg.to_dict(), data.channels, distance).to_dict(),  # eval's default
         }
 
     def finalize(ckpt: dict) -> dict:

@@ -9,6 +9,7 @@ import warnings
 
 from ..classifier import HEAD_KINDS, TRANSFORMS
 from ..errors import FewShotError
+from .argtypes import add_tta_arguments
 
 HELP = "fit a few-shot classifier on a folder of new classes (<class>/<images>) and save it as one file"
 
@@ -33,6 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--int8", action="store_true",
                         help="predict with an int8 encoder calibrated on the support images (CPU, faster; "
                              "predictions may differ slightly from float32)")
+    add_tta_arguments(parser, "the checkpoint's recipe setting, else 1; with --update: the model's")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--device", default="cpu")
 
@@ -40,6 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..adapt import adapt, update
     from ..classifier import load_classifier
+    from ..tta import parse_tta_args
 
     if args.update is None and args.checkpoint is None:
         raise FewShotError("give --checkpoint (or --update MODEL to extend a saved classifier)")
@@ -51,6 +54,8 @@ def run(args: argparse.Namespace) -> int:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         if args.update is not None:
+            if args.tta is not None or args.tta_arg:
+                raise FewShotError("--update keeps the model's test-time augmentation; drop --tta/--tta-arg")
             clf = load_classifier(args.update, device=args.device)
             clf = update(clf, args.support, lam=args.lam, strict=args.strict, batch_size=args.batch_size,
                          progress=True)
@@ -58,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
             clf = adapt(args.checkpoint, args.support, head=args.head, results=args.results,
                         transform=args.transform, lam=args.lam, reference=args.reference, strict=args.strict,
                         batch_size=args.batch_size, device=args.device, progress=True,
-                        int8=args.int8)
+                        int8=args.int8, tta_views=args.tta, tta_args=parse_tta_args(args.tta_arg))
     for w in caught:
         print(f"fewshot adapt: warning: {w.message}", file=sys.stderr)
     print(clf.report.table())

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from .argtypes import int_list, key_value
+from .argtypes import add_tta_arguments, int_list, key_value
 
 HELP = "train an encoder, then compare few-shot heads on novel classes (default: the built-in glyph set)"
 
@@ -59,6 +59,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     e.add_argument("--distance", choices=("cosine", "euclidean"), default=None)
     e.add_argument("--within-group", action="store_true", help="all classes of an episode from one group")
     e.add_argument("--tsne", action="store_true", help="also plot a t-SNE of novel features")
+    add_tta_arguments(e, "the recipe's, as recorded in the checkpoint")
     p.add_argument("--out", default=None, metavar="DIR", help="run folder (default runs/compare-<timestamp>)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -70,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
     from ..errors import FewShotError
     from ..evaluate import split_heads
     from ..losses import parse_loss_args
+    from ..tta import parse_tta_args
 
     start = time.perf_counter()
     if args.threads:
@@ -87,7 +89,8 @@ def run(args: argparse.Namespace) -> int:
                         val=args.val, val_split=args.val_split, recipe=args.recipe, train=overrides,
                         heads=tuple(heads), way=args.way, shots=tuple(args.shot), query=args.query,
                         episodes=args.episodes, episode_seed=args.episode_seed, transform=args.transform,
-                        distance=args.distance, within_group=args.within_group, tsne=args.tsne, out=args.out)
+                        distance=args.distance, within_group=args.within_group, tsne=args.tsne, out=args.out,
+                        tta=args.tta, tta_args=parse_tta_args(args.tta_arg))
     result = compare(cfg, progress=not args.quiet)
     print(result.table())
     print()

@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from ..errors import FewShotError
-from .argtypes import int_list
+from .argtypes import add_tta_arguments, int_list
 
 HELP = "score heads (proto, nn, ls, ls-mlp, logreg) on the same novel-class episodes, paired statistics"
 
@@ -39,6 +39,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default=None, metavar="DIR",
                    help="write results.json, results.md, episodes.csv, accuracy_vs_shot.png here")
     p.add_argument("--tsne", action="store_true", help="also write tsne.png of the features (needs --out)")
+    add_tta_arguments(p, "the checkpoint's recipe setting, else 1")
+    p.add_argument("--no-retrieval", action="store_true",
+                   help="skip the retrieval figures (precision@1, R-precision, MAP@R over all images)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: best available)")
     p.add_argument("--batch-size", type=int, default=256, help="embedding batch size (default 256)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -62,6 +65,7 @@ def load_eval_data(spec: str, split: str | None):
 
 def run(args: argparse.Namespace) -> int:
     from ..evaluate import evaluate
+    from ..tta import parse_tta_args
 
     for name in ("way", "query", "episodes", "batch_size"):
         if getattr(args, name) < 1:
@@ -77,7 +81,8 @@ def run(args: argparse.Namespace) -> int:
         episodes=runs if challenge else args.episodes, seed=args.seed, transform=args.transform,
         distance=args.distance, within_group=args.within_group, episodes_file=args.episodes_file,
         out_dir=args.out, tsne=args.tsne, progress=not args.quiet, device=args.device,
-        batch_size=args.batch_size, challenge=challenge)
+        batch_size=args.batch_size, challenge=challenge, tta_views=args.tta,
+        tta_args=parse_tta_args(args.tta_arg), retrieval=not args.no_retrieval)
     print(result.table())
     if challenge:
         print(f"(Omniglot challenge: {len(result.accuracy[(result.heads[0], result.shots[0])])} runs, "

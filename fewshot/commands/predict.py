@@ -13,6 +13,7 @@ from pathlib import Path
 from episodes.atomic import atomic_write_text
 
 from ..errors import FewShotError
+from .argtypes import add_tta_arguments
 
 HELP = "classify images or folders with a model from `fewshot adapt` (CSV: path,label,probability,top_k)"
 
@@ -33,6 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--confusion", metavar="PNG",
                         help="confusion-matrix image for labelled folders (default: beside --out; "
                              "none without --out)")
+    add_tta_arguments(parser, "the model file's, as chosen at adapt time")
     parser.add_argument("--device", default="cpu")
 
 
@@ -100,6 +102,11 @@ def run(args: argparse.Namespace) -> int:
     if not raw:
         raise FewShotError("no images given (PATH... or '-' to read paths from stdin)")
     clf = load_classifier(args.model, device=args.device)
+    if args.tta is not None or args.tta_arg:
+        from ..tta import TTA, default_augment, override_tta, parse_tta_args
+
+        base = clf.tta or TTA(1, default_augment(clf.preprocess.channels))
+        clf.tta = override_tta(base, args.tta, parse_tta_args(args.tta_arg))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         files, truth = collect(raw, strict=args.strict)

@@ -1,0 +1,201 @@
+"""Test-time augmentation (TTA): every image embedded as itself plus ``views - 1`` augmented
+copies, the embeddings averaged (unit embeddings under a cosine-trained encoder).
+
+A :class:`TTA` is the whole setting: the number of views, the augmentation (options of
+:class:`fewshot.augment.Augment`, geometric only), the seed and whether views are averaged as
+unit vectors. Its views are a fixed, seeded set of ``views - 1`` random transforms applied to
+*every* image (view 0 is the image itself), so the features of an image do not depend on which
+other images share its batch, on the batch size or on the order of the data set; and every image
+is embedded on its own, so a 1-shot episode stays 1-shot.
+
+Where the setting comes from (:func:`resolve_tta`): the checkpoint's record (``ckpt["tta"]``,
+written at training time from the recipe's ``val_tta`` / ``val_tta_augment``; older checkpoints:
+the same keys of their stored config), then the user's overrides (``--tta N``, ``--tta-arg K=V``).
+Without a recipe setting the default is one view (plain embedding) with the augmentation of the
+data kind (:func:`default_augment`: mild affine for drawings, flips and mild crops for photos),
+so ``--tta 16`` alone does the sensible thing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .augment import Augment
+from .errors import FewShotError
+
+__all__ = ["TTA", "DRAWING_AUGMENT", "PHOTO_AUGMENT", "default_augment", "tta_from_config",
+           "checkpoint_tta", "resolve_tta", "override_tta", "parse_tta_args", "images_per_pass"]
+
+# Drawings (1 channel): milder than the Omniglot training augmentation (the recipe's choice).
+DRAWING_AUGMENT = {"mode": "affine", "degrees": 15.0, "translate": 0.08, "scale": [0.85, 1.15], "shear": 10.0}
+# Photos (3 channels): horizontal flips and mild random resized crops (60-100% of the area).
+PHOTO_AUGMENT = {"mode": "crop", "scale": [0.6, 1.0], "ratio": [0.8, 1.25], "flip": True}
+MODE_DEFAULTS = {"affine": DRAWING_AUGMENT, "crop": PHOTO_AUGMENT, "none": {"mode": "none"}}
+_PHOTOMETRIC = ("brightness", "contrast", "saturation")
+
+
+def default_augment(channels: int) -> dict:
+    """The TTA augmentation of a data kind: photos (3 channels) flips + crops, drawings affine."""
+    return dict(PHOTO_AUGMENT if int(channels) == 3 else DRAWING_AUGMENT)
+
+
+def _derive_seed(*parts: int) -> int:
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
+
+
+@dataclass
+class TTA:
+    """A test-time augmentation setting.
+
+    Attributes:
+        views: embeddings averaged per image (1 = plain embedding, no augmentation).
+        augment: :class:`~fewshot.augment.Augment` options of views 1.. (geometric only).
+        seed: fixes the ``views - 1`` transforms (the same for every image).
+        normalize: average unit-length embeddings (cosine-trained encoders) instead of raw ones.
+    """
+
+    views: int = 1
+    augment: dict = field(default_factory=lambda: dict(DRAWING_AUGMENT))
+    seed: int = 0
+    normalize: bool = True
+
+    def __post_init__(self) -> None:
+        if isinstance(self.views, bool) or not isinstance(self.views, (int, np.integer)) or self.views < 1:
+            raise FewShotError(f"TTA views must be a positive integer, got {self.views!r}")
+        self.views = int(self.views)
+        if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)):
+            raise FewShotError(f"TTA seed must be an integer, got {self.seed!r}")
+        self.seed = int(self.seed)
+        aug = Augment.from_dict(self.augment)  # unknown keys and bad values: one line
+        if any(getattr(aug, k) for k in _PHOTOMETRIC):
+            raise FewShotError("TTA takes geometric augmentation only (affine, crop, flip, elastic); "
+                               f"drop {', '.join(k for k in _PHOTOMETRIC if getattr(aug, k))}")
+        self.augment = aug.to_dict()
+        self.normalize = bool(self.normalize)
+        self._aug = aug
+
+    @property
+    def plain(self) -> bool:
+        return self.views == 1
+
+    def to_dict(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if not k.startswith("_")}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TTA:
+        if not isinstance(d, dict):
+            raise FewShotError(f"a TTA record must be a dict, got {type(d).__name__}")
+        unknown = sorted(set(d) - {"views", "augment", "seed", "normalize"})
+        if unknown:
+            raise FewShotError(f"unknown TTA settings {unknown}; known: views, augment, seed, normalize")
+        return cls(**d)
+
+    def describe(self) -> str:
+        """One line for reports: ``plain`` or ``32 views (affine degrees=15 ...; seed 0)``."""
+        if self.plain:
+            return "plain (1 view)"
+        a = self.augment
+        keys = {"affine": ("degrees", "translate", "scale", "shear"), "crop": ("scale", "ratio"),
+                "none": ()}[a["mode"]]
+        opts = [f"{k}={_short(a[k])}" for k in keys] + (["flip"] if a["flip"] else []) + (
+            [f"elastic={_short(a['elastic'])}"] if a["elastic"] else [])
+        return f"{self.views} views ({a['mode']} {' '.join(opts)}; seed {self.seed})".replace(" ;", ";")
+
+    # ------------------------------------------------------------------ the views
+    def expand(self, x: torch.Tensor) -> torch.Tensor:
+        """Views of a float batch ``[B, C, H, W]`` in [0, 1]: ``[B * views, C, H, W]``, the
+        ``views`` rows of each image together, view 0 the image itself.
+
+        The ``views - 1`` transforms are drawn once from ``seed`` and applied to every image in one
+        resampling pass (the images travel as channels of one ``[views - 1, B*C, H, W]`` batch).
+        """
+        b, c, h, w = x.shape
+        if self.plain or b == 0:
+            return x
+        gen = torch.Generator(device=x.device)
+        gen.manual_seed(_derive_seed(self.seed, 3))
+        stacked = x.reshape(1, b * c, h, w).expand(self.views - 1, -1, -1, -1)
+        views = self._aug(stacked, gen).view(self.views - 1, b, c, h, w).transpose(0, 1)
+        return torch.cat([x.unsqueeze(1), views], 1).reshape(b * self.views, c, h, w)
+
+    def reduce(self, emb: torch.Tensor) -> torch.Tensor:
+        """Embeddings of :meth:`expand`'s rows ``[B * views, D]`` -> their mean per image ``[B, D]``."""
+        if self.plain:
+            return emb
+        emb = emb.view(-1, self.views, emb.shape[-1])
+        if self.normalize:
+            emb = F.normalize(emb, dim=-1)
+        return emb.mean(1)
+
+
+def _short(v: Any) -> str:
+    if isinstance(v, (list, tuple)):
+        return "-".join(_short(x) for x in v)
+    if isinstance(v, float):
+        return f"{v:.3g}"
+    return str(v)
+
+
+# ---------------------------------------------------------------- where it comes from
+def tta_from_config(config: dict, channels: int, distance: str | None) -> TTA:
+    """The TTA of a training config (``val_tta`` views, ``val_tta_augment`` over the data kind's
+    default, the run's seed): what a checkpoint records and what evaluation reuses."""
+    config = config or {}
+    views = config.get("val_tta") or 1
+    augment = {**default_augment(channels), **dict(config.get("val_tta_augment") or {})}
+    return TTA(int(views), augment, int(config.get("seed") or 0),
+               normalize=(distance or "cosine") == "cosine")
+
+
+def checkpoint_tta(info: dict) -> TTA:
+    """The TTA a checkpoint was validated with: its ``tta`` record, else from its config."""
+    record = info.get("tta")
+    if isinstance(record, dict):
+        try:
+            return TTA.from_dict(record)
+        except FewShotError as exc:
+            raise FewShotError(f"bad TTA record in the checkpoint ({exc})", info.get("path")) from None
+    channels = getattr(info.get("preprocess"), "channels", 1)
+    return tta_from_config(info.get("config") or {}, channels, info.get("distance"))
+
+
+def resolve_tta(info: dict, views: int | None = None, args: dict | None = None) -> TTA:
+    """The checkpoint's TTA (:func:`checkpoint_tta`) with the user's overrides (:func:`override_tta`)."""
+    return override_tta(checkpoint_tta(info), views, args)
+
+
+def override_tta(base: TTA, views: int | None = None, args: dict | None = None) -> TTA:
+    """``base`` with the user's overrides: ``views`` and augmentation options ``args`` (``seed`` and
+    ``normalize`` among them). A new ``mode`` starts from that mode's default options (affine: the
+    drawing one, crop: the photo one)."""
+    args = dict(args or {})
+    seed = args.pop("seed", base.seed)
+    normalize = args.pop("normalize", base.normalize)
+    augment = dict(base.augment)
+    mode = args.get("mode")
+    if mode is not None and mode != augment.get("mode"):
+        if mode not in MODE_DEFAULTS:
+            raise FewShotError(f"TTA mode must be affine, crop or none, got {mode!r}")
+        augment = dict(MODE_DEFAULTS[mode])
+    augment.update(args)
+    return TTA(base.views if views is None else views, augment, seed, normalize)
+
+
+def parse_tta_args(items: list[str] | dict | None) -> dict:
+    """``["degrees=20", "scale=0.8,1.2", "flip=true"]`` -> options (numbers, booleans, lists)."""
+    from .losses import parse_loss_args
+
+    try:
+        return parse_loss_args(items)
+    except FewShotError as exc:
+        raise FewShotError(str(exc).replace("--loss-arg", "--tta-arg")) from None
+
+
+def images_per_pass(views: int, batch_size: int) -> int:
+    """Images per forward pass so that a pass holds about ``batch_size`` rows of views."""
+    return max(1, int(batch_size) // max(1, int(views)))
