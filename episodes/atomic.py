@@ -64,6 +64,8 @@ def read_json(path: str | os.PathLike, *, missing: str, unreadable: str,
         raise error(missing, path) from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise error(f"{unreadable} ({exc})", path) from None
+    except RecursionError:  # e.g. 100,000 nested lists: refuse, never a traceback
+        raise error(f"{unreadable} (nested too deeply)", path) from None
 
 
 def ensure_writable_file(path: str | os.PathLike, *, error: type[Exception] = DatasetError) -> Path:

@@ -34,6 +34,7 @@ from .features import TRANSFORMS, transform
 from .heads.nn import FittedNN
 from .heads.proto import FittedProto
 from .inference import inference_model, prepare_input, threads
+from .model_file import check_feature_size, check_payload
 from .preprocess import Preprocess
 
 __all__ = ["FORMAT", "VERSION", "HEAD_KINDS", "FewShotClassifier", "Predictions", "ProtoState",
@@ -582,6 +583,7 @@ def load_classifier(path: str | os.PathLike, *, device: str = "cpu") -> FewShotC
         ok = False
     if not ok:
         raise FewShotError("model file is damaged or was modified (content hash mismatch)", path)
+    payload = check_payload(payload, path)  # every field, before anything is built from it
     try:
         head_doc = dict(payload["head"])
         kind = head_doc.pop("kind")
@@ -590,6 +592,7 @@ def load_classifier(path: str | os.PathLike, *, device: str = "cpu") -> FewShotC
         head = STATES[kind].from_state(head_doc)
         preprocess = Preprocess.from_dict(payload["preprocess"])
         encoder, _ = _encoder_from_source(payload["encoder"], path, device)
+        check_feature_size(encoder, payload["head"], path)  # also for a referenced checkpoint
         clf = FewShotClassifier(encoder, preprocess, head, payload["class_names"],
                                 transform=payload["transform"],
                                 base_mean=payload["base_mean"], temperature=payload["temperature"],

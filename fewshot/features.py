@@ -24,7 +24,7 @@ from episodes.imageset import ImageSet
 from .errors import FewShotError
 
 TRANSFORMS = ("none", "l2", "cl2n")
-CACHE_VERSION = 2  # 2: the data fingerprint covers the pixels
+CACHE_VERSION = 1
 
 
 def best_device(device: str | torch.device | None = None) -> torch.device:
