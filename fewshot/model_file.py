@@ -59,7 +59,8 @@ class _Checker:
             desc = f"{tuple(value.shape)}" if isinstance(value, torch.Tensor) else type(value).__name__
             self.fail(field, f"must be a {dims}-d tensor, got {desc}")
         if floating != value.is_floating_point() or value.is_complex():
-            self.fail(field, f"must be a {'floating-point' if floating else 'integer'} tensor, got {value.dtype}")
+            kind = "floating-point" if floating else "integer"
+            self.fail(field, f"must be a {kind} tensor, got {value.dtype}")
         if shape is not None and any(w is not None and w != s for w, s in zip(shape, value.shape)):
             self.fail(field, f"has shape {tuple(value.shape)}, expected "
                              f"{tuple('*' if w is None else w for w in shape)}")
@@ -124,13 +125,15 @@ def _check_preprocess(c: _Checker, pre: Any) -> tuple[int, tuple[int, int]]:
 def _check_head(c: _Checker, head: Any) -> tuple[int, int]:
     """``(classes, feature size)`` of a head record, after checking its tensors against each other."""
     if not isinstance(head, dict) or head.get("kind") not in ("proto", "ls", "nn"):
-        c.fail("head.kind", f"must be proto, ls or nn, got {head.get('kind') if isinstance(head, dict) else head!r}")
+        found = head.get("kind") if isinstance(head, dict) else head
+        c.fail("head.kind", f"must be proto, ls or nn, got {found!r}")
     kind = head["kind"]
     want = {"proto": {"sums", "counts", "distance"},
             "ls": {"xtx", "xsum", "xty", "counts", "lam", "weight", "bias"},
             "nn": {"features", "labels", "num_classes", "distance"}}[kind]
-    if set(head) - {"kind"} != want:
-        c.fail("head", f"a {kind} head holds {', '.join(sorted(want))}; got {', '.join(sorted(set(head) - {'kind'}))}")
+    got = set(map(str, head)) - {"kind"}
+    if got != want:
+        c.fail("head", f"a {kind} head holds {', '.join(sorted(want))}; got {', '.join(sorted(got))}")
     if kind in ("proto", "nn") and head["distance"] not in DISTANCES:
         c.fail("head.distance", f"must be one of {', '.join(DISTANCES)}, got {head['distance']!r}")
     if kind == "proto":
@@ -163,11 +166,12 @@ def _check_head(c: _Checker, head: Any) -> tuple[int, int]:
 
 
 def _check_encoder(c: _Checker, source: Any, channels: int, dim: int) -> dict:
-    if not isinstance(source, dict) or len(source) != 1 or next(iter(source)) not in ("checkpoint", "reference"):
+    if not isinstance(source, dict) or len(source) != 1 or next(iter(source)) not in (
+            "checkpoint", "reference"):
         c.fail("encoder", "must hold either 'checkpoint' (the weights) or 'reference' (a path and hash)")
     if "reference" in source:
         ref = source["reference"]
-        if not isinstance(ref, dict) or not isinstance(ref.get("path"), str) or not isinstance(ref.get("hash"), str):
+        if not (isinstance(ref, dict) and all(isinstance(ref.get(k), str) for k in ("path", "hash"))):
             c.fail("encoder.reference", "must hold a checkpoint path and hash (text)")
         return source
     ckpt = source["checkpoint"]
@@ -202,8 +206,9 @@ def _check_architecture(c: _Checker, spec: dict, state: dict, dim: int) -> None:
         return  # refused by load_encoder with its own message
     try:
         with torch.device("meta"):
-            meta = build_encoder(spec["name"], in_channels=spec["in_channels"], num_classes=spec["num_classes"],
-                                 embedding_dim=spec.get("embedding_dim"), **spec["kwargs"])
+            meta = build_encoder(spec["name"], in_channels=spec["in_channels"],
+                                 num_classes=spec["num_classes"], embedding_dim=spec.get("embedding_dim"),
+                                 **spec["kwargs"])
     except FewShotError as exc:
         c.fail("encoder.checkpoint.encoder", exc.cause)
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:

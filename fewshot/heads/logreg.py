@@ -48,7 +48,8 @@ class LogRegHead:
     def __post_init__(self) -> None:
         self.C = finite_positive(self.C, "head 'logreg' option C")
         self.max_iter = at_least(self.max_iter, 1, "head 'logreg' option max_iter")
-        check(isinstance(self.normalize, bool), "head 'logreg' option normalize", self.normalize, "true or false")
+        check(isinstance(self.normalize, bool), "head 'logreg' option normalize", self.normalize,
+              "true or false")
 
     def fit(self, support: torch.Tensor, support_labels: torch.Tensor, way: int) -> FittedLogReg:
         from sklearn.linear_model import LogisticRegression

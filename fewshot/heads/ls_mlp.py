@@ -24,9 +24,9 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import FewShotError
+from ..options import at_least, finite_positive
 from .base import check_query, check_support, one_hot
 from .batch import EpisodeBatch
-from ..options import at_least, finite_positive
 from .ls import CRITERIA, DEFAULT_GRID, FittedLinear, LSHead, check_lam_grid, dual_solve
 
 KINDS = ("arccos", "random", "cosine", "rbf")
