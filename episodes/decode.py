@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import os
+import warnings
 import zipfile
 import zlib
 from collections.abc import Sequence
@@ -22,8 +23,8 @@ from .errors import DatasetError
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
 # Bounds on hostile input (a few bytes can ask for gigabytes): an image file or zip member over
-# MAX_FILE_BYTES, or an image over MAX_PIXELS (PIL's own decompression-bomb threshold, 89 MP,
-# refused here with a clear error instead of PIL's warning), is refused before it is read whole.
+# MAX_FILE_BYTES, or an image over MAX_PIXELS (PIL's own decompression-bomb threshold, 89 MP, where
+# PIL only warns), is refused with a one-line error before its pixels are decoded.
 MAX_FILE_BYTES = 64 * 2**20
 MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
 
@@ -83,12 +84,15 @@ def decode_array(source: str | os.PathLike | bytes, *, channels: int | None = No
             raise DatasetError(f"image file of {nbytes / 2**20:.0f} MiB is over the "
                                f"{MAX_FILE_BYTES // 2**20} MiB limit", label)
         fp = io.BytesIO(source) if isinstance(source, bytes) else source
-        with Image.open(fp) as image:
-            if image.width * image.height > MAX_PIXELS:
-                raise DatasetError(f"image of {image.width}x{image.height} pixels is over the "
-                                   f"{MAX_PIXELS / 1e6:.0f} megapixel limit", label)
+        with warnings.catch_warnings():  # PIL's bomb warning becomes the one-line error below
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(fp)
+        with image:
             image.load()
             return to_array(image, channels=channels, size=size)
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError):
+        raise DatasetError(f"image is over the {MAX_PIXELS / 1e6:.0f} megapixel limit (a decompression "
+                           "bomb?)", label) from None
     except FileNotFoundError:
         raise DatasetError("no such image file", label) from None
     except IsADirectoryError:
@@ -97,7 +101,7 @@ def decode_array(source: str | os.PathLike | bytes, *, channels: int | None = No
         raise DatasetError("not an image file (PIL cannot identify it)", label) from None
     except DatasetError:
         raise
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+    except (OSError, ValueError, SyntaxError) as exc:
         raise DatasetError(f"corrupt or truncated image ({exc})", label) from None
 
 
