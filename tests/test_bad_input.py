@@ -370,3 +370,22 @@ def test_warnings_are_one_line(fx, tmp_path, capsys):
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("fewshot episodes: warning: skipped"), err
     assert "broken.png" in lines[0] and "warnings.warn" not in err
+
+
+def test_disk_full_during_the_final_write_is_one_line(fx, tmp_path, capsys, monkeypatch):
+    """The probe passed, then the disk filled: the failing write is one line, exit 2, and leaves
+    no partial or temporary file behind."""
+    import episodes.atomic
+
+    def full(src, dst):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), os.fspath(dst))
+    monkeypatch.setattr(episodes.atomic.os, "replace", full)
+    rc = main(_eval(fx, tmp_path / "out"))
+    monkeypatch.undo()
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("fewshot eval: error: ")]
+    others = [line for line in err.splitlines() if line not in errors]
+    assert rc == 2 and len(errors) == 1 and "Traceback" not in err, err
+    assert all(line.startswith("fewshot eval: warning: cannot write the") or "cache" in line for line in others)
+    assert "results.json: No space left on device" in errors[0]
+    assert not [p for p in (tmp_path / "out").rglob("*") if p.is_file()]
