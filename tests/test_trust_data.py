@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from adapt_fixtures import make_checkpoint
 from PIL import Image
 
-from adapt_fixtures import make_checkpoint
 from episodes import load_data
 from episodes.decode import MAX_FILE_BYTES, read_zip_member
 from episodes.errors import DatasetError
@@ -160,7 +160,8 @@ def test_model_file_never_downloads_or_reads_a_weights_file(model, tmp_path, mon
     path, root = model
 
     def edit(p):
-        p["encoder"]["checkpoint"]["encoder"]["kwargs"].update(download=True, weights=str(tmp_path / "gone.pth"))
+        kwargs = p["encoder"]["checkpoint"]["encoder"]["kwargs"]
+        kwargs.update(download=True, weights=str(tmp_path / "gone.pth"))
     hostile = _resave(path, tmp_path / "hostile.pt", edit)
     import torch.hub
 
