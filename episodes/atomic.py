@@ -121,6 +121,48 @@ def read_json(path: str | os.PathLike, *, missing: str, unreadable: str,
         raise error(missing, path) from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise error(f"{unreadable} ({exc})", path) from None
+    except RecursionError:  # e.g. 100,000 nested lists: refuse, never a traceback
+        raise error(f"{unreadable} (nested too deeply)", path) from None
+
+
+def ensure_writable_file(path: str | os.PathLike, *, error: type[Exception] = DatasetError) -> Path:
+    """Refuse, before any work starts, an output file that could not be written: ``path`` is a
+    folder, its parent is a file, or the folder it goes into refuses a new file (read-only, full,
+    no permission). Creates nothing that stays behind."""
+    path = Path(path)
+    if path.is_dir():
+        raise error("is a folder; give a file name to write", path)
+    _probe(path.parent, path, error)
+    return path
+
+
+def ensure_writable_dir(path: str | os.PathLike, *, error: type[Exception] = DatasetError) -> Path:
+    """Like :func:`ensure_writable_file` for an output folder (which may not exist yet)."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise error("exists and is not a folder; give a folder to write into", path)
+    _probe(path, path, error)
+    return path
+
+
+def _probe(directory: Path, label: Path, error: type[Exception]) -> None:
+    """Write, sync and remove one byte in the nearest existing folder on the way to ``directory``
+    (the folders below it are created later by the write itself)."""
+    existing = directory if str(directory) else Path(".")
+    while not os.path.lexists(existing) and existing.parent != existing:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise error(f"cannot write here: {existing} is a file, not a folder", label)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".fewshot-write-test.", dir=existing)
+        try:
+            os.write(fd, b"\0")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+            os.unlink(tmp)
+    except OSError as exc:
+        raise error(f"cannot write into {existing} ({exc.strerror or exc})", label) from None
 
 
 def _fsync_dir(directory: Path) -> None:

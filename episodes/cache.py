@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from .atomic import atomic_open, atomic_write_text
+from .errors import DatasetError
 from .imageset import ImageSet
 
 FORMAT = "fewshot-imageset-cache/1"
@@ -38,7 +39,10 @@ def file_signature(paths: Iterable[str | os.PathLike], root: str | os.PathLike |
     prefix = None if root is None else os.path.join(os.fspath(root), "")
     for p in paths:
         p = os.fspath(p)
-        st = os.stat(p)
+        try:
+            st = os.stat(p)
+        except OSError as exc:  # e.g. a symlink to itself: one line naming it, not a traceback
+            raise DatasetError(f"cannot read ({exc.strerror or exc})", p) from None
         if prefix is None:
             rel = os.path.abspath(p)
         else:  # plain string slicing: relpath costs more than the stat for 60,000 files

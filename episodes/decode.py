@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import io
 import os
+import warnings
+import zipfile
+import zlib
 from collections.abc import Sequence
 
 import numpy as np
@@ -18,6 +21,12 @@ from PIL import Image, UnidentifiedImageError
 from .errors import DatasetError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+
+# Bounds on hostile input (a few bytes can ask for gigabytes): an image file or zip member over
+# MAX_FILE_BYTES, or an image over MAX_PIXELS (PIL's own decompression-bomb threshold, 89 MP, where
+# PIL only warns), is refused with a one-line error before its pixels are decoded.
+MAX_FILE_BYTES = 64 * 2**20
+MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
 
 _GREY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
 
@@ -70,10 +79,20 @@ def decode_array(source: str | os.PathLike | bytes, *, channels: int | None = No
     """Like :func:`decode_image` but returns a numpy array (the readers stack many of them)."""
     label = name if name is not None else (None if isinstance(source, bytes) else source)
     try:
+        nbytes = len(source) if isinstance(source, bytes) else os.stat(source).st_size
+        if nbytes > MAX_FILE_BYTES:
+            raise DatasetError(f"image file of {nbytes / 2**20:.0f} MiB is over the "
+                               f"{MAX_FILE_BYTES // 2**20} MiB limit", label)
         fp = io.BytesIO(source) if isinstance(source, bytes) else source
-        with Image.open(fp) as image:
+        with warnings.catch_warnings():  # PIL's bomb warning becomes the one-line error below
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(fp)
+        with image:
             image.load()
             return to_array(image, channels=channels, size=size)
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError):
+        raise DatasetError(f"image is over the {MAX_PIXELS / 1e6:.0f} megapixel limit (a decompression "
+                           "bomb?)", label) from None
     except FileNotFoundError:
         raise DatasetError("no such image file", label) from None
     except IsADirectoryError:
@@ -82,8 +101,29 @@ def decode_array(source: str | os.PathLike | bytes, *, channels: int | None = No
         raise DatasetError("not an image file (PIL cannot identify it)", label) from None
     except DatasetError:
         raise
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+    except (OSError, ValueError, SyntaxError) as exc:
         raise DatasetError(f"corrupt or truncated image ({exc})", label) from None
+
+
+def read_zip_member(zf: zipfile.ZipFile, member: str, where: str | os.PathLike) -> bytes:
+    """The bytes of one zip member, refusing (``DatasetError`` naming ``where``) a member that
+    declares or inflates to more than ``MAX_FILE_BYTES`` (read in a bounded call, so a zip bomb
+    never fills memory) and damaged data (bad deflate stream, CRC mismatch, truncation)."""
+    try:
+        info = zf.getinfo(member)
+        if info.file_size > MAX_FILE_BYTES:
+            raise DatasetError(f"zip member of {info.file_size / 2**20:.0f} MiB is over the "
+                               f"{MAX_FILE_BYTES // 2**20} MiB limit", where)
+        with zf.open(info) as fh:
+            data = fh.read(MAX_FILE_BYTES + 1)
+    except DatasetError:
+        raise
+    except (OSError, KeyError, EOFError, zipfile.BadZipFile, zlib.error, ValueError) as exc:
+        raise DatasetError(f"damaged zip member ({type(exc).__name__}: {exc})", where) from None
+    if len(data) > MAX_FILE_BYTES:
+        raise DatasetError(f"zip member inflates to more than the {MAX_FILE_BYTES // 2**20} MiB limit "
+                           f"(declares {info.file_size} bytes)", where)
+    return data
 
 
 def decode_image(source: str | os.PathLike | bytes, *, channels: int | None = None,

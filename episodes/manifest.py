@@ -42,6 +42,20 @@ def save_manifest(path: str | os.PathLike, episodes: Episodes, data: ImageSet) -
     return atomic_write_text(path, json.dumps(doc, separators=(",", ":")))
 
 
+def _refuse_repeats(support: np.ndarray, query: np.ndarray, data: ImageSet, path: Path) -> None:
+    """An episode that uses an image twice (a query that is also a support image scores 100% for
+    free) is refused, naming the first such episode and image."""
+    if not len(support):
+        return
+    rows = np.concatenate([support.reshape(len(support), -1), query.reshape(len(query), -1)], axis=1)
+    rows = np.sort(rows, axis=1)
+    repeat = rows[:, 1:] == rows[:, :-1]
+    if repeat.any():
+        ep, col = np.argwhere(repeat)[0]
+        raise DatasetError(f"episode {int(ep)} uses image {data.ids[int(rows[ep, col])]!r} twice (as support "
+                           "and query, or twice in one of them); episodes must not repeat images", path)
+
+
 def load_manifest(path: str | os.PathLike, data: ImageSet) -> Episodes:
     """Episodes from a manifest, as indices into ``data``; refused if ``data`` is another data set."""
     path = Path(path)
@@ -73,5 +87,6 @@ def load_manifest(path: str | os.PathLike, data: ImageSet) -> Episodes:
     e = len(eps)
     if support.shape != (e, spec.way, spec.shot) or query.shape != (e, spec.way, spec.query):
         raise DatasetError("manifest episodes do not match its spec", path)
+    _refuse_repeats(support, query, data, path)
     return Episodes(torch.from_numpy(support), torch.from_numpy(query), torch.from_numpy(classes),
                     spec, doc.get("seed"), bool(doc.get("within_group", False)))

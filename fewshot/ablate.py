@@ -392,6 +392,26 @@ def load_recipe_safe(name: str | None) -> dict:
     return load_recipe(name)
 
 
+def validate_grid(grid: Grid) -> None:
+    """Build every cell's training settings (every seed shares them) and every head of the grid,
+    so a bad key or value anywhere fails in one line before the first cell trains, not after."""
+    from .heads import get_head
+    from .train import check_config
+
+    for cell in grid.cells():
+        if "checkpoint" in cell.factors:  # a trained encoder scored as it is: nothing to build
+            continue
+        try:
+            if cell.factors.get("mode", "metric") == "episodic":
+                episodic_config(grid, cell.factors, grid.seeds[0])
+            else:
+                check_config(metric_config(grid, cell.factors, grid.seeds[0]), world=1)
+        except FewShotError as exc:
+            raise FewShotError(f"grid cell {cell.label()}: {exc.cause}", exc.path) from None
+    for head in grid.factors["head"]:
+        get_head(head)
+
+
 def train_cell(grid: Grid, cell: TrainCell, seed: int, data, out_dir: Path, *, progress: bool = True) -> Path:
     """Train one cell for one seed; returns the checkpoint to score (``best.pt``, or the cell's own)."""
     if "checkpoint" in cell.factors:
@@ -488,6 +508,7 @@ def run_ablation(grid: Grid, out_dir: str | os.PathLike, *, progress: bool = Tru
                  on_cell_done: Callable[[TrainCell, int, list[dict]], None] | None = None,
                  command: str | None = None) -> AblationResult:
     """Run (or resume) ``grid`` in ``out_dir``: train each missing (cell, seed), score, record, summarise."""
+    validate_grid(grid)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     doc = load_results(out)

@@ -34,6 +34,7 @@ from .features import TRANSFORMS, transform
 from .heads.nn import FittedNN
 from .heads.proto import FittedProto
 from .inference import inference_model, prepare_input, threads
+from .model_file import check_feature_size, check_payload
 from .preprocess import Preprocess
 from .tta import TTA
 
@@ -593,6 +594,7 @@ def load_classifier(path: str | os.PathLike, *, device: str = "cpu") -> FewShotC
         ok = False
     if not ok:
         raise FewShotError("model file is damaged or was modified (content hash mismatch)", path)
+    payload = check_payload(payload, path)  # every field, before anything is built from it
     try:
         head_doc = dict(payload["head"])
         kind = head_doc.pop("kind")
@@ -601,6 +603,7 @@ def load_classifier(path: str | os.PathLike, *, device: str = "cpu") -> FewShotC
         head = STATES[kind].from_state(head_doc)
         preprocess = Preprocess.from_dict(payload["preprocess"])
         encoder, _ = _encoder_from_source(payload["encoder"], path, device)
+        check_feature_size(encoder, payload["head"], path)  # also for a referenced checkpoint
         clf = FewShotClassifier(encoder, preprocess, head, payload["class_names"],
                                 transform=payload["transform"],
                                 base_mean=payload["base_mean"], temperature=payload["temperature"],

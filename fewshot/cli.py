@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import warnings
 
 from episodes.errors import DatasetError
 
@@ -41,14 +42,29 @@ def main(argv: list[str] | None = None) -> int:
     if not hasattr(args, "_run"):
         parser.print_help()
         return 2
-    try:
-        return int(args._run(args) or 0)
-    except (DatasetError, FewShotError) as exc:
-        print(f"fewshot {args.command}: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"fewshot {args.command}: interrupted", file=sys.stderr)
-        return 130
+    with warnings.catch_warnings():
+        warnings.showwarning = _one_line_warning(args.command)
+        try:
+            return int(args._run(args) or 0)
+        except (DatasetError, FewShotError) as exc:
+            print(f"fewshot {args.command}: error: {exc}", file=sys.stderr)
+            return 2
+        except OSError as exc:  # the machine refused a read or write (full disk, permissions)
+            where = f"{exc.filename}: " if exc.filename else ""
+            print(f"fewshot {args.command}: error: {where}{exc.strerror or exc}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print(f"fewshot {args.command}: interrupted", file=sys.stderr)
+            return 130
+
+
+def _one_line_warning(command: str):
+    """``warnings.showwarning`` that prints ``fewshot CMD: warning: MESSAGE`` as one line (no
+    source line under it), like errors."""
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        text = " ".join(str(message).split())
+        print(f"fewshot {command}: warning: {text}", file=file or sys.stderr)
+    return show
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -190,7 +190,9 @@ def _preprocess_key(preprocess: Any) -> Any:
 
 def feature_cache_key(checkpoint_hash: str, imageset: ImageSet, preprocess: Any,
                       tta: TTA | None = None) -> str:
-    """Hash of checkpoint content hash + dataset fingerprint + preprocessing (+ the TTA setting)."""
+    """Hash of checkpoint content hash + dataset fingerprint (which covers the pixels, so two
+    folders with the same names but other images never share features) + preprocessing (+ the TTA
+    setting)."""
     doc = {"v": CACHE_VERSION, "checkpoint": checkpoint_hash, "data": imageset.fingerprint,
            "preprocess": _preprocess_key(preprocess)}
     if tta is not None and not tta.plain:  # plain keys stay what they were
@@ -215,7 +217,8 @@ def embed_cached(checkpoint: str | os.PathLike | tuple[torch.nn.Module, dict], i
     ``fewshot.checkpoint.load_encoder``: ``hash``, ``preprocess``). The cache file
     ``<cache_dir>/features/<key>.pt`` is keyed by the checkpoint's content hash, the data set's
     fingerprint, the preprocessing and the TTA setting (``tta``); it is written atomically and read with
-    ``weights_only=True``. A corrupt cache file is recomputed (with a warning).
+    ``weights_only=True``. A corrupt cache file is recomputed, and a cache folder that cannot be
+    written is skipped, each with a warning.
     """
     dev = best_device(device)
     model, info = _load_encoder(checkpoint, dev)
@@ -233,7 +236,11 @@ def embed_cached(checkpoint: str | os.PathLike | tuple[torch.nn.Module, dict], i
             warnings.warn(f"{path}: unreadable feature cache ({exc}); recomputing", stacklevel=2)
     feats = embed(model, imageset, preprocess, device=dev, batch_size=batch_size, progress=progress, tta=tta)
     if info.get("hash"):  # an unhashed (in-memory) model cannot be cached safely
-        with atomic_open(path, "wb") as fh:
-            torch.save({"key": key, "features": feats, "fingerprint": imageset.fingerprint,
-                        "checkpoint": str(info["hash"])}, fh)
+        try:
+            with atomic_open(path, "wb") as fh:
+                torch.save({"key": key, "features": feats, "fingerprint": imageset.fingerprint,
+                            "checkpoint": str(info["hash"])}, fh)
+        except OSError as exc:  # a read-only or full cache folder costs the cache, not the run
+            warnings.warn(f"{path.parent}: cannot write the feature cache ({exc.strerror or exc})",
+                          stacklevel=2)
     return feats

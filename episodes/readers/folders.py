@@ -22,11 +22,20 @@ from ..imageset import ImageSet
 
 
 def _entries(path: Path) -> list[os.DirEntry]:
+    """The visible entries of ``path``, sorted; an entry whose type cannot be read (a symlink
+    loop, a dangling mount) is a ``DatasetError`` naming it rather than an OSError traceback."""
     try:
         with os.scandir(path) as it:
-            return sorted((e for e in it if not e.name.startswith(".")), key=lambda e: e.name)
+            entries = sorted((e for e in it if not e.name.startswith(".")), key=lambda e: e.name)
     except OSError as exc:
         raise DatasetError(f"cannot list folder ({exc.strerror})", path) from None
+    for e in entries:
+        try:
+            e.is_dir()
+            e.is_file()
+        except OSError as exc:
+            raise DatasetError(f"cannot read ({exc.strerror})", e.path) from None
+    return entries
 
 
 def scan_image_folder(root: str | os.PathLike) -> list[tuple[str, str | None, list[str]]]:

@@ -246,6 +246,21 @@ def _dict_pickle(path: Path, keys: tuple[str, ...]) -> dict:
     return obj
 
 
+def _integers(value: object, what: str, path: Path) -> np.ndarray:
+    """``value`` (a list or array of integers) as int64 ``[N]``; anything else (floats, strings,
+    booleans, nested or ragged lists) is a ``DatasetError`` naming the file, never a traceback."""
+    try:
+        arr = np.asarray(value)
+    except (TypeError, ValueError, OverflowError):
+        arr = np.asarray([], dtype=object)
+    if arr.dtype.kind not in "iu" and not (arr.size == 0 and arr.dtype.kind == "f"):
+        found = type(value).__name__ if arr.dtype == object else f"{arr.dtype} values"
+        raise DatasetError(f"{what} must be integers, got {found}", path)
+    if arr.dtype.kind == "u" and arr.size and int(arr.max()) > np.iinfo(np.int64).max:
+        raise DatasetError(f"{what} holds integers too large to be row indices", path)
+    return arr.astype(np.int64).reshape(-1)
+
+
 def _name(value: object) -> str:
     return value.decode("latin1") if isinstance(value, bytes) else str(value)
 
@@ -260,7 +275,7 @@ def _read_l2l(path: Path, name: str) -> ImageSet:
     class_names = sorted(_name(k) for k in obj["class_dict"])
     index = {c: i for i, c in enumerate(class_names)}
     for wnid, rows in obj["class_dict"].items():
-        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+        rows = _integers(rows, f"'class_dict' rows of class {_name(wnid)}", path)
         if rows.size and (rows.min() < 0 or rows.max() >= n):
             raise DatasetError(f"class {_name(wnid)} names rows outside 0..{n - 1}", path)
         if (labels[rows] >= 0).any():
@@ -276,15 +291,14 @@ def _read_l2l(path: Path, name: str) -> ImageSet:
 def _read_metaoptnet(path: Path, name: str) -> ImageSet:
     obj = _dict_pickle(path, ("data", "labels", "catname2label"))
     images = _images_nhwc(obj["data"], path, "data")
-    try:
-        raw = np.asarray(obj["labels"], dtype=np.int64).reshape(-1)
-    except (TypeError, ValueError):
-        raise DatasetError("'labels' must be a list of integers", path) from None
+    raw = _integers(obj["labels"], "'labels'", path)
     if raw.shape[0] != images.shape[0]:
         raise DatasetError(f"{images.shape[0]} images but {raw.shape[0]} labels", path)
     if not isinstance(obj["catname2label"], dict):
         raise DatasetError("'catname2label' must be a dict wnid -> label", path)
-    by_label = {int(v): _name(k) for k, v in obj["catname2label"].items()}
+    values = list(obj["catname2label"].values())
+    by_label = dict(zip(_integers(values, "'catname2label' values", path).tolist(),
+                        map(_name, obj["catname2label"])))
     unknown = sorted(set(raw.tolist()) - set(by_label))
     if unknown:
         raise DatasetError(f"labels {unknown[:5]} are not in catname2label", path)

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from ..cache import cached, file_signature
-from ..decode import decode_array
+from ..decode import MAX_FILE_BYTES, decode_array, read_zip_member
 from ..errors import DatasetError
 from ..imageset import ImageSet
 
@@ -98,20 +98,34 @@ def _members(source: Path) -> list[tuple[str, str, str, Path | str]]:
     return sorted(out, key=lambda m: (m[1], m[2], str(m[3])))
 
 
+def _read_file(path: Path, where: str | os.PathLike) -> bytes:
+    """A drawing's bytes; a file over ``MAX_FILE_BYTES`` or unreadable is a ``DatasetError``."""
+    try:
+        if path.stat().st_size > MAX_FILE_BYTES:
+            raise DatasetError(f"file is over the {MAX_FILE_BYTES // 2**20} MiB limit", where)
+        return path.read_bytes()
+    except OSError as exc:
+        raise DatasetError(f"unreadable ({exc.strerror or exc})", where) from None
+
+
 def _read(sources: Sequence[Path], size: tuple[int, int] | None) -> ImageSet:
     arrays, labels, ids = [], [], []
     class_index: dict[str, int] = {}
     groups: list[str] = []
     seen: set[tuple[str, bytes]] = set()
     for source in sources:
-        zf = zipfile.ZipFile(source) if source.is_file() else None
+        members = _members(source)
         try:
-            for set_name, alphabet, character, member in _members(source):
+            zf = zipfile.ZipFile(source) if source.is_file() else None
+        except (OSError, zipfile.BadZipFile) as exc:
+            raise DatasetError(f"unreadable zip ({exc})", source) from None
+        try:
+            for set_name, alphabet, character, member in members:
                 where = f"{source}:{member}" if zf else member
-                try:
-                    raw = zf.read(member) if zf else Path(member).read_bytes()
-                except (OSError, KeyError, zipfile.BadZipFile, EOFError) as exc:
-                    raise DatasetError(f"unreadable ({exc})", where) from None
+                if zf:
+                    raw = read_zip_member(zf, member, where)
+                else:
+                    raw = _read_file(Path(member), where)
                 cname = f"{alphabet}/{character}"
                 digest = (cname, hashlib.sha1(raw).digest())
                 if digest in seen:  # the same drawing from another set: keep one copy

@@ -153,6 +153,11 @@ def run(args: argparse.Namespace) -> int:
 
     grid = build_grid(args)
     out = Path(args.out) if args.out else Path("runs") / f"ablate-{grid.name}"
+    if not args.dry_run:
+        from episodes.atomic import ensure_writable_dir
+
+        from ..errors import FewShotError
+        ensure_writable_dir(out, error=FewShotError)
     argv = sys.argv[1:]
     command = "fewshot " + " ".join(shlex.quote(a) for a in argv) if argv[:1] == ["ablate"] else None
     cells = grid.cells()

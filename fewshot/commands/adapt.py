@@ -7,6 +7,8 @@ import os
 import sys
 import warnings
 
+from episodes.atomic import ensure_writable_file
+
 from ..classifier import HEAD_KINDS, TRANSFORMS
 from ..errors import FewShotError
 from .argtypes import add_tta_arguments
@@ -49,8 +51,7 @@ def run(args: argparse.Namespace) -> int:
     out = args.out or args.update
     if out is None:
         raise FewShotError("give --out MODEL to say where to write the classifier")
-    if os.path.isdir(out):
-        raise FewShotError("is a directory; --out needs a file name", out)
+    ensure_writable_file(out, error=FewShotError)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         if args.update is not None:

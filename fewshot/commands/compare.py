@@ -85,6 +85,9 @@ def run(args: argparse.Namespace) -> int:
     heads = split_heads(args.heads)
     if not heads:
         raise FewShotError("--heads names no head")
+    if args.out:
+        from episodes.atomic import ensure_writable_dir
+        ensure_writable_dir(args.out, error=FewShotError)
     cfg = CompareConfig(data=args.data, split=args.split, novel=args.novel, novel_split=args.novel_split,
                         val=args.val, val_split=args.val_split, recipe=args.recipe, train=overrides,
                         heads=tuple(heads), way=args.way, shots=tuple(args.shot), query=args.query,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from episodes.atomic import ensure_writable_file
 from episodes.errors import DatasetError
 from episodes.manifest import save_manifest
 from episodes.sampling import EpisodeSpec, sample_episodes
@@ -37,6 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.episodes < 1:
         raise DatasetError(f"--episodes must be positive, got {args.episodes}")
+    ensure_writable_file(args.out)
     data = load_data(args.data, args.split, image_size=args.image_size, cache_dir=args.cache_dir)
     spec = EpisodeSpec(args.way, args.shot, args.query)
     episodes = sample_episodes(data, spec, args.episodes, seed=args.seed, within_group=args.within_group,

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from episodes.atomic import ensure_writable_dir
+
 from ..errors import FewShotError
 from .argtypes import add_tta_arguments, int_list
 
@@ -72,6 +74,8 @@ def run(args: argparse.Namespace) -> int:
             raise FewShotError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     if args.tsne and not args.out:
         raise FewShotError("--tsne writes a picture: give --out DIR")
+    if args.out:
+        ensure_writable_dir(args.out, error=FewShotError)
     data, runs = load_eval_data(args.data, args.split)
     challenge = runs is not None
     if challenge and args.episodes_file:

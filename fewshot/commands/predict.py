@@ -10,7 +10,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from episodes.atomic import atomic_write_text
+from episodes.atomic import atomic_write_text, ensure_writable_file
 
 from ..errors import FewShotError
 from .argtypes import add_tta_arguments
@@ -101,6 +101,9 @@ def run(args: argparse.Namespace) -> int:
         raw += [line.strip() for line in sys.stdin if line.strip()] if p == "-" else [p]
     if not raw:
         raise FewShotError("no images given (PATH... or '-' to read paths from stdin)")
+    for out in (args.out, args.confusion):
+        if out:
+            ensure_writable_file(out, error=FewShotError)
     clf = load_classifier(args.model, device=args.device)
     if args.tta is not None or args.tta_arg:
         from ..tta import TTA, default_augment, override_tta, parse_tta_args

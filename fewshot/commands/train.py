@@ -6,6 +6,8 @@ import argparse
 import sys
 import warnings
 
+from episodes.atomic import ensure_writable_dir
+
 from ..errors import FewShotError
 from ..losses import parse_loss_args
 from .argtypes import key_value
@@ -110,6 +112,7 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     cfg = build_config(args)
     check_config(cfg)
+    ensure_writable_dir(cfg.out, error=FewShotError)
     if not hasattr(episodes, "load_data"):
         raise FewShotError("episodes.load_data is not available in this installation")
     load = episodes.load_data

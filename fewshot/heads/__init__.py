@@ -1,16 +1,19 @@
 """Few-shot heads by name: ``get_head("proto")``, ``get_head("nn", k=5)``, ``get_head("ls:lam=1")``.
 
+Options in a name are converted by the head's declared types (:mod:`fewshot.options`):
+``"nn:k=3,weighted=false"`` gives ``k=3`` and ``weighted=False``; each head checks its ranges.
+
 Every head fits a batch of episodes at once: ``head.fit(support [E,S,D], labels [E,S], way)``
 returns a fitted object, and ``fitted(query [E,Q,D])`` returns logits ``[E,Q,way]``.
 """
 
 from __future__ import annotations
 
-import ast
 import inspect
 from typing import Any
 
 from ..errors import FewShotError
+from ..options import parse_spec, typed_options
 from .base import CallableHead, Fitted, Head, as_head
 from .logreg import LogRegHead
 from .ls import DEFAULT_GRID, LSHead, loo_residuals, loo_select, ridge_fit
@@ -27,21 +30,6 @@ HEADS: dict[str, type] = {
 }
 
 
-def _parse(spec: str) -> tuple[str, dict[str, Any]]:
-    """``"nn:k=5,distance=cosine"`` -> ``("nn", {"k": 5, "distance": "cosine"})``."""
-    name, _, rest = spec.strip().partition(":")
-    kw: dict[str, Any] = {}
-    for item in filter(None, (p.strip() for p in rest.split(","))):
-        key, eq, value = item.partition("=")
-        if not eq:
-            raise FewShotError(f"head option {item!r} in {spec!r} must be key=value")
-        try:
-            kw[key.strip()] = ast.literal_eval(value.strip())
-        except (ValueError, SyntaxError):
-            kw[key.strip()] = value.strip()
-    return name.strip(), kw
-
-
 def get_head(name: str | Any, **kw: Any) -> Head:
     """A head by registry name (options as keywords or ``"name:key=value,..."``), or a user head
     object / callable passed through :func:`as_head`. Options a head does not take are refused,
@@ -49,17 +37,14 @@ def get_head(name: str | Any, **kw: Any) -> Head:
     can reach proto and nn)."""
     if not isinstance(name, str):
         return as_head(name)
-    base, opts = _parse(name)
+    base, opts = parse_spec(name, "head option")
     if base not in HEADS:
         raise FewShotError(f"unknown head {base!r}; valid heads: {', '.join(HEADS)}")
     cls = HEADS[base]
     params = inspect.signature(cls).parameters
     merged = {k: v for k, v in kw.items() if not (k == "distance" and "distance" not in params)}
     merged.update(opts)
-    bad = sorted(set(merged) - set(params))
-    if bad:
-        valid = ", ".join(p for p in params if p != "name")
-        raise FewShotError(f"head {base!r} takes no option(s) {bad}; valid: {valid}")
+    merged = typed_options(cls, merged, f"head {base!r}")
     try:
         head = cls(**merged)
     except TypeError as exc:

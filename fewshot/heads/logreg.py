@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..options import at_least, check, finite_positive
 from .base import check_query, check_support
 
 
@@ -43,6 +44,12 @@ class LogRegHead:
     normalize: bool = True
     random_state: int = 0
     name: str = "logreg"
+
+    def __post_init__(self) -> None:
+        self.C = finite_positive(self.C, "head 'logreg' option C")
+        self.max_iter = at_least(self.max_iter, 1, "head 'logreg' option max_iter")
+        check(isinstance(self.normalize, bool), "head 'logreg' option normalize", self.normalize,
+              "true or false")
 
     def fit(self, support: torch.Tensor, support_labels: torch.Tensor, way: int) -> FittedLogReg:
         from sklearn.linear_model import LogisticRegression

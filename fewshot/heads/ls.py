@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..errors import FewShotError
+from ..options import check, finite_positive
 from .base import check_query, check_support, one_hot
 from .batch import EpisodeBatch
 
@@ -329,6 +330,17 @@ class FittedLinear:
         return out.transpose(1, 2).contiguous()
 
 
+def check_lam_grid(head, kind: str) -> None:
+    """``head.lam`` is ``"loo"`` or a finite number > 0; every ``head.grid`` value is one too."""
+    if isinstance(head.lam, str):
+        check(head.lam == "loo", f"head '{kind}' option lam", head.lam, "'loo' or a finite number > 0")
+    else:
+        head.lam = finite_positive(head.lam, f"head '{kind}' option lam")
+    grid = head.grid if isinstance(head.grid, (tuple, list)) else (head.grid,)
+    check(len(grid) > 0, f"head '{kind}' option grid", head.grid, "one or more finite numbers > 0")
+    head.grid = tuple(finite_positive(v, f"head '{kind}' option grid") for v in grid)
+
+
 @dataclass
 class LSHead:
     """Ridge regression of one-hot targets (with an unpenalised bias) as a linear classifier.
@@ -347,11 +359,11 @@ class LSHead:
     name: str = "ls"
 
     def __post_init__(self) -> None:
-        if isinstance(self.lam, str):
-            if self.lam != "loo":
-                raise FewShotError(f"ls lam must be a number or 'loo', got {self.lam!r}")
-        elif not float(self.lam) > 0:
-            raise FewShotError(f"ls lam must be > 0, got {self.lam}")
+        check_lam_grid(self, "ls")
+        check(isinstance(self.fit_intercept, bool), "head 'ls' option fit_intercept", self.fit_intercept,
+              "true or false")
+        if self.solver not in SOLVERS:
+            raise FewShotError(f"unknown ls solver {self.solver!r}; valid: {', '.join(SOLVERS)}")
         if self.criterion not in CRITERIA:
             raise FewShotError(f"unknown LOO criterion {self.criterion!r}; valid: {', '.join(CRITERIA)}")
 

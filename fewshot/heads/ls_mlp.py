@@ -24,9 +24,10 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import FewShotError
+from ..options import at_least, finite_positive
 from .base import check_query, check_support, one_hot
 from .batch import EpisodeBatch
-from .ls import CRITERIA, DEFAULT_GRID, FittedLinear, LSHead, dual_solve
+from .ls import CRITERIA, DEFAULT_GRID, FittedLinear, LSHead, check_lam_grid, dual_solve
 
 KINDS = ("arccos", "random", "cosine", "rbf")
 ACTIVATIONS = {"relu": torch.relu, "tanh": torch.tanh, "cos": torch.cos}
@@ -136,8 +137,11 @@ class LSMLPHead:
             raise FewShotError(f"unknown ls-mlp kind {self.kind!r}; valid: {', '.join(KINDS)}")
         if self.activation not in ACTIVATIONS:
             raise FewShotError(f"unknown activation {self.activation!r}; valid: {', '.join(ACTIVATIONS)}")
-        if int(self.width) < 1:
-            raise FewShotError(f"ls-mlp width must be positive, got {self.width}")
+        self.width = at_least(self.width, 1, "head 'ls-mlp' option width")
+        self.seed = at_least(self.seed, 0, "head 'ls-mlp' option seed")
+        if self.gamma is not None:
+            self.gamma = finite_positive(self.gamma, "head 'ls-mlp' option gamma")
+        check_lam_grid(self, "ls-mlp")
         if self.criterion not in CRITERIA:
             raise FewShotError(f"unknown LOO criterion {self.criterion!r}; valid: {', '.join(CRITERIA)}")
         self._ls = LSHead(lam=self.lam, grid=self.grid, criterion=self.criterion)

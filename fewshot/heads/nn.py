@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..errors import FewShotError
+from ..options import at_least, check
 from .base import check_distance, check_query, check_support, cosine_sim, sq_euclidean
 from .batch import EpisodeBatch
 
@@ -75,8 +75,8 @@ class NNHead:
 
     def __post_init__(self) -> None:
         check_distance(self.distance)
-        if int(self.k) < 1:
-            raise FewShotError(f"nn head needs k >= 1, got {self.k}")
+        self.k = at_least(self.k, 1, "head 'nn' option k")
+        check(isinstance(self.weighted, bool), "head 'nn' option weighted", self.weighted, "true or false")
 
     def fit(self, support: torch.Tensor, support_labels: torch.Tensor, way: int) -> FittedNN:
         check_support(support, support_labels, way)

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..options import finite_positive
 from .base import check_distance, check_query, check_support, cosine_sim, one_hot, sq_euclidean
 from .batch import EpisodeBatch
 
@@ -42,6 +43,7 @@ class ProtoHead:
 
     def __post_init__(self) -> None:
         check_distance(self.distance)
+        self.scale = finite_positive(self.scale, "head 'proto' option scale")
 
     def fit(self, support: torch.Tensor, support_labels: torch.Tensor, way: int) -> FittedProto:
         check_support(support, support_labels, way)
