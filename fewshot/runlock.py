@@ -28,10 +28,12 @@ class RunLock:
     def __init__(self, folder: str | os.PathLike):
         self.folder = Path(folder)
         self._fh = None
+        self._created = False
 
     def __enter__(self) -> RunLock:
         if fcntl is None:
             return self
+        self._created = not self.folder.exists()
         self.folder.mkdir(parents=True, exist_ok=True)
         fh = open(self.folder / ".lock", "a+")
         try:
@@ -58,3 +60,8 @@ class RunLock:
             fcntl.flock(self._fh, fcntl.LOCK_UN)
             self._fh.close()
             self._fh = None
+            if self._created:  # a run refused before writing anything leaves no empty folder behind
+                try:
+                    self.folder.rmdir()
+                except OSError:
+                    pass

@@ -13,6 +13,7 @@ DistributedDataParallel and the metric loss sees the global batch (PML's distrib
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -38,6 +39,7 @@ from .features import embed
 from .losses import LOSSES, MINERS, PROXY_LOSSES, build_loss, build_miner, distance_name, parse_loss_args
 from .preprocess import Preprocess
 from .progress import progress as progress_bar
+from .runlock import RunLock
 from .runstate import commit_epoch, reconcile, write_metrics
 from .tta import DRAWING_AUGMENT, TTA, default_augment, tta_from_config
 
@@ -446,8 +448,18 @@ def train(config: TrainConfig, data: ImageSet, val: ImageSet | None, out_dir: st
     ``on_epoch_end(row, metrics, out_dir)``, called on the main process after each epoch's row is
     written (:mod:`fewshot.monitor`: training curves, TensorBoard).
     """
+    out = Path(out_dir if out_dir is not None else config.out or "runs/train")
+    # one writer per run folder: a second run pointed at a live one is refused, not interleaved
+    with RunLock(out) if _dist_info()[0] == 0 else contextlib.nullcontext():
+        return _train(config, data, val, out, progress=progress, loss=loss, miner=miner, encoder=encoder,
+                      callbacks=callbacks)
+
+
+def _train(config: TrainConfig, data: ImageSet, val: ImageSet | None, out_dir: Path, *, progress: bool,
+           loss: torch.nn.Module | None, miner: torch.nn.Module | None, encoder: torch.nn.Module | None,
+           callbacks: list | tuple) -> TrainResult:
+    """The body of :func:`train`, run while the main process holds the run folder's lock."""
     cfg = config
-    out_dir = Path(out_dir if out_dir is not None else cfg.out or "runs/train")
     rank, world, local_rank = _dist_info()
     distributed = world > 1
     device = resolve_device(cfg.device, local_rank)

@@ -374,3 +374,27 @@ def test_checkpoint_does_not_need_its_weights_file_nor_the_network(sets, tmp_pat
         train(_cfg(**resnet, resume="auto"), *sets, run, progress=False)
     spec = build_encoder("resnet18", in_channels=1, num_classes=3, download=False).spec
     assert "download" not in spec["kwargs"]
+
+
+def test_a_second_run_in_a_live_run_folder_is_refused(tmp_path):
+    """Two runs writing one folder would interleave their checkpoints: the second is refused."""
+    from fewshot.errors import FewShotError
+    from fewshot.runlock import RunLock
+
+    run = tmp_path / "run"
+    with RunLock(run):
+        assert (run / ".lock").read_text() == str(os.getpid())
+        with pytest.raises(FewShotError, match="another run .* is writing to this folder"):
+            with RunLock(run):
+                pass
+        from fewshot.train import TrainConfig
+        cfg = TrainConfig(epochs=1, batch_size=16, m=4, val_way=3, val_shots=[1], val_episodes=5,
+                          device="cpu")
+        with pytest.raises(FewShotError, match="another run"):
+            train(cfg, digits_set(), None, run, progress=False)
+        assert sorted(p.name for p in run.iterdir()) == [".lock"]
+    assert not run.exists()  # created for the run, left empty: removed
+    (tmp_path / "kept").mkdir()
+    with RunLock(tmp_path / "kept"):
+        pass
+    assert (tmp_path / "kept").is_dir() and not (tmp_path / "kept" / ".lock").exists()
