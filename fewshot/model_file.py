@@ -29,7 +29,9 @@ MAX_IMAGE_SIDE = 1024      # pixels per side of the encoder input (84 and 224 ar
 MAX_CALIBRATION = 64       # int8 calibration images stored in a file (FewShotClassifier.quantize)
 INIT_ONLY = ("weights", "download")
 FIELDS = ("encoder", "preprocess", "transform", "base_mean", "head", "class_names", "temperature",
-          "int8_calibration")
+          "int8_calibration", "tta")
+OPTIONAL = ("int8_calibration", "tta")
+MAX_TTA_VIEWS = 1024
 
 
 class _Checker:
@@ -76,7 +78,7 @@ def check_payload(payload: Any, path: str | os.PathLike) -> dict:
     if not isinstance(payload, dict):
         c.fail("payload", f"must be a table, got {type(payload).__name__}")
     unknown = sorted(set(map(str, payload)) - set(FIELDS))
-    missing = [f for f in FIELDS if f not in payload and f != "int8_calibration"]
+    missing = [f for f in FIELDS if f not in payload and f not in OPTIONAL]
     if unknown or missing:
         c.fail("payload", f"unknown field(s) {unknown}, missing {missing}; a model file holds "
                           f"{', '.join(FIELDS)}")
@@ -100,7 +102,21 @@ def check_payload(payload: Any, path: str | os.PathLike) -> dict:
         if cal.dtype != torch.uint8 or not 1 <= cal.shape[0] <= MAX_CALIBRATION:
             c.fail("int8_calibration", f"must be 1 to {MAX_CALIBRATION} uint8 images, got "
                                        f"{cal.shape[0]} {cal.dtype}")
+    if payload.get("tta") is not None:
+        _check_tta(c, payload["tta"])
     return {**payload, "encoder": _check_encoder(c, payload["encoder"], channels, d)}
+
+
+def _check_tta(c: _Checker, record: Any) -> None:
+    """A test-time augmentation record: a valid :class:`fewshot.tta.TTA` of at most MAX_TTA_VIEWS views."""
+    from .tta import TTA
+
+    try:
+        tta = TTA.from_dict(record)
+    except (FewShotError, TypeError, ValueError) as exc:
+        c.fail("tta", str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+    if not 1 <= tta.views <= MAX_TTA_VIEWS:
+        c.fail("tta", f"views must be 1 to {MAX_TTA_VIEWS}, got {tta.views}")
 
 
 def _check_preprocess(c: _Checker, pre: Any) -> tuple[int, tuple[int, int]]:

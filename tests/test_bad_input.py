@@ -297,6 +297,10 @@ CASES = _output_cases() + [
     pytest.param(_model(lambda p: p["encoder"]["checkpoint"]["encoder"]["kwargs"].update(width=100_000)),
                  None, id="model-encoder-width-100000"),
     pytest.param(_model(lambda p: p.update(extra="?")), None, id="model-unknown-field"),
+    pytest.param(_model(lambda p: p.update(tta={"views": 10**9, "augment": {"mode": "crop"}})), None,
+                 id="model-tta-views-1e9"),
+    pytest.param(_model(lambda p: p.update(tta={"views": 4, "augment": {"mode": "warp"}})), None,
+                 id="model-tta-unknown-mode"),
     pytest.param(_grid, None, id="ablation-grid-bad-head-option"),
 ]
 
