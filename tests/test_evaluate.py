@@ -13,7 +13,7 @@ from PIL import Image
 from episodes.imageset import ImageSet
 from episodes.manifest import save_manifest
 from episodes.sampling import EpisodeSpec, sample_episodes
-from fewshot.checkpoint import save_checkpoint
+from fewshot.checkpoint import FORMAT, save_checkpoint
 from fewshot.cli import main
 from fewshot.encoders import build_encoder, encoder_spec
 from fewshot.evaluate import build_heads, evaluate, score_episodes
@@ -27,10 +27,13 @@ def _checkpoint(path, *, nan=False, distance="euclidean"):
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     if nan:
         state = {k: v.float() * float("nan") if v.is_floating_point() else v for k, v in state.items()}
-    save_checkpoint(path, {"encoder": encoder_spec(model), "model": state,
-                           "hash": f"{int(nan)}{distance[:3]}" * 2,
-                           "preprocess": Preprocess(16, 1).to_dict(), "distance": distance,
-                           "base_mean": torch.zeros(model.embedding_dim)})
+    doc = {"encoder": encoder_spec(model), "model": state, "hash": f"{int(nan)}{distance[:3]}" * 2,
+           "preprocess": Preprocess(16, 1).to_dict(), "distance": distance,
+           "base_mean": torch.zeros(model.embedding_dim)}
+    if nan:  # save_checkpoint refuses non-finite states: write the poisoned file as a foreign tool would
+        torch.save({"format": FORMAT, **doc}, path)
+    else:
+        save_checkpoint(path, doc)
     return path
 
 
@@ -159,7 +162,7 @@ def test_cli_bad_input(ckpt, cli_data, tmp_path, capsys):
     _one_line_error(capsys, main(base + ["--episodes-file", str(foreign)]), "foreign.json", "fingerprint")
     bad = _checkpoint(tmp_path / "nan.pt", nan=True)
     _one_line_error(capsys, main(["eval", "--checkpoint", str(bad), "--data", "digits", "--episodes", "5",
-                                  "--quiet", "--device", "cpu"]), "NaN")
+                                  "--quiet", "--device", "cpu"]), "non-finite")
     _one_line_error(capsys, main(base + ["--checkpoint", str(tmp_path / "missing.pt")]), "no such checkpoint")
 
 
