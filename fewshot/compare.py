@@ -20,7 +20,7 @@ from datetime import datetime
 from pathlib import Path
 
 from episodes.atomic import atomic_write_text
-from episodes.specs import SPLIT_KINDS
+from episodes.specs import SPLIT_KINDS, training_split
 
 from .errors import FewShotError
 
@@ -92,8 +92,7 @@ class CompareConfig:
         from .train import RECIPES
 
         c = CompareConfig(**asdict(self))
-        if c.split is None and c.kind in SPLIT_KINDS:
-            c.split = "base"
+        c.split = training_split(c.data, c.split)
         if c.novel is None:
             c.novel = c.data
             if c.novel_split is None and c.kind in SPLIT_KINDS:
