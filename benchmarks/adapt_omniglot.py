@@ -18,14 +18,14 @@ import numpy as np
 import torch
 
 from episodes import load_data
-from fewshot.adapt import adapt
+from fewshot.adaptation.adapt import adapt
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "omniglot"
 NEW_ALPHABETS = ["Japanese_(katakana)", "Sanskrit", "Tagalog"]
 
 
 def train_checkpoint(args: argparse.Namespace, out: Path) -> Path:
-    from fewshot.train import TrainConfig, load_recipe, train
+    from fewshot.training.trainer import TrainConfig, load_recipe, train
     data = load_data(f"omniglot:{args.data / 'images_background_small1.zip'}", image_size=28)
     try:
         load_recipe(args.recipe)

@@ -1,10 +1,10 @@
 """Adaptation and prediction speed on CPU: Conv-4 at 84x84, 100 classes x 5 shots.
 
 Untimed: a Conv-4 checkpoint (3 channels, 84x84) and 500 images (half PNG, half JPEG) written to a
-temporary folder. Timed: ``fewshot.adapt`` end to end (listing, decoding, embedding, head fit,
+temporary folder. Timed: ``fewshot.adaptation.adapt`` end to end (listing, decoding, embedding, head fit,
 leave-one-out estimate, temperature) per head, and with ``int8=True`` (quantisation included);
 the encoder's images/s as a plain ``nn.Module`` vs the prepared float32 copy
-(``fewshot.inference``: conv+BN folded, channels_last) vs the int8 copy, interleaved in rounds
+(``fewshot.evaluation.inference``: conv+BN folded, channels_last) vs the int8 copy, interleaved in rounds
 (median); prediction throughput batched from decoded tensors (float32 and int8), batched from
 files (with decoding), and one image at a time (the usual alternative), with ratios. Then int8 vs
 float32 agreement on real data: a classifier over 20 Omniglot characters (small1, 5 drawings
@@ -26,11 +26,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from fewshot.adapt import adapt
-from fewshot.checkpoint import save_checkpoint
-from fewshot.encoders import build_encoder
-from fewshot.inference import inference_model
-from fewshot.preprocess import Preprocess
+from fewshot.adaptation.adapt import adapt
+from fewshot.evaluation.inference import inference_model
+from fewshot.models.checkpoint import save_checkpoint
+from fewshot.models.encoders import build_encoder
+from fewshot.models.preprocess import Preprocess
 
 OMNIGLOT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "omniglot"
 

@@ -6,8 +6,8 @@ drawings = 12,000 images, the size of miniImageNet's test split), drawn at 28x28
 and below 100%, and "same accuracies" is a real check. The same 5-way 5-shot 15-query episodes
 are scored two ways in one process:
 
-- fast: embed the split once (``fewshot.features.embed``: the prepared inference copy of the
-  encoder, ``fewshot.inference``), then ``score_episodes`` (one gather per chunk, shared inner
+- fast: embed the split once (``fewshot.evaluation.features.embed``: the prepared inference copy of the
+  encoder, ``fewshot.evaluation.inference``), then ``score_episodes`` (one gather per chunk, shared inner
   products, every head batched);
 - loop: as easyfsl / learn2learn evaluate: for each episode, embed its 100 images with the
   encoder module as it is, fit and score every head on that one episode.
@@ -34,10 +34,10 @@ import torch
 
 from episodes.readers.glyphs import make_glyphs
 from episodes.sampling import EpisodeSpec, sample_episodes
-from fewshot.encoders import build_encoder
-from fewshot.evaluate import build_heads, score_episodes
-from fewshot.features import embed
-from fewshot.preprocess import Preprocess
+from fewshot.evaluation.evaluate import build_heads, score_episodes
+from fewshot.evaluation.features import embed
+from fewshot.models.encoders import build_encoder
+from fewshot.models.preprocess import Preprocess
 
 
 def load() -> str:

@@ -2,7 +2,7 @@
 
 Same episodes, same lambda, same intercept handling: the predictions must be identical; prints
 both times and the ratio (goal: at least 50x). Two batched figures: ``LSHead.fit(support)(query)``
-on gathered tensors, and the evaluation path (``fewshot.evaluate.score_episodes``: gather from the
+on gathered tensors, and the evaluation path (``fewshot.evaluation.evaluate.score_episodes``: gather from the
 feature matrix + shared inner products + ``LSHead.score_batch``), which includes the gather.
 Timings are interleaved (batched, half of the sklearn loop, batched, other half, batched; the
 batched figure is the median of its runs). Both sides get the same threads: by default all the
@@ -25,9 +25,9 @@ from sklearn.linear_model import RidgeClassifier
 from threadpoolctl import threadpool_limits
 
 from episodes.sampling import EpisodeSpec, sample_episodes
-from fewshot.evaluate import score_episodes
+from fewshot.evaluation.evaluate import score_episodes
+from fewshot.evaluation.inference import threads
 from fewshot.heads import LSHead
-from fewshot.inference import threads
 
 
 def main() -> None:

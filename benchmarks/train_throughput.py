@@ -33,11 +33,11 @@ from PIL import Image
 from pytorch_metric_learning.samplers import MPerClassSampler
 
 import episodes
-from fewshot.augment import Augment
-from fewshot.encoders import build_encoder
-from fewshot.losses import build_loss, build_miner
-from fewshot.preprocess import Preprocess
-from fewshot.train import load_recipe
+from fewshot.models.encoders import build_encoder
+from fewshot.models.losses import build_loss, build_miner
+from fewshot.models.preprocess import Preprocess
+from fewshot.training.augment import Augment
+from fewshot.training.trainer import load_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = f"omniglot:{ROOT.parent / 'shared' / 'data' / 'omniglot' / 'images_background_small1.zip'}"

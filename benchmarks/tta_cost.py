@@ -1,12 +1,12 @@
 """Cost of test-time augmentation per view against the plain embedding pass, and of the retrieval
 figures.
 
-Embeds one image set plainly and with V views per image (``fewshot.features.embed`` with a
-``fewshot.tta.TTA``: the views of ``batch_size // V`` images go through the encoder together, one
+Embeds one image set plainly and with V views per image (``fewshot.evaluation.features.embed`` with a
+``fewshot.evaluation.tta.TTA``: the views of ``batch_size // V`` images go through the encoder together, one
 pass over views x images), alternating plain and TTA runs so that both see the same machine load,
 and prints seconds, images/s, the ratio TTA / plain and that ratio per view (1.0 = a view costs
 exactly one plain pass; below 1 the larger batches pay). Then the leave-one-out retrieval figures
-(``fewshot.retrieval``, PML's AccuracyCalculator) on the plain features, with their time.
+(``fewshot.evaluation.retrieval``, PML's AccuracyCalculator) on the plain features, with their time.
 
 Encoder: ``--checkpoint`` (its preprocessing and TTA augmentation), else the Omniglot recipe's
 Conv-4 (widths 32-96-192-256, last pool off, 28x28) with seeded random weights: the cost does
@@ -27,12 +27,12 @@ from pathlib import Path
 import torch
 
 import episodes
-from fewshot.checkpoint import load_encoder
-from fewshot.encoders import build_encoder
-from fewshot.features import embed
-from fewshot.preprocess import Preprocess
-from fewshot.retrieval import describe, retrieval_figures
-from fewshot.tta import TTA, checkpoint_tta, default_augment
+from fewshot.evaluation.features import embed
+from fewshot.evaluation.retrieval import describe, retrieval_figures
+from fewshot.evaluation.tta import TTA, checkpoint_tta, default_augment
+from fewshot.models.checkpoint import load_encoder
+from fewshot.models.encoders import build_encoder
+from fewshot.models.preprocess import Preprocess
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "omniglot"
 DEFAULT = f"omniglot:{DATA}/images_background_small2.zip?groups=Japanese_(katakana),Sanskrit"

@@ -1,7 +1,7 @@
 """Eval-time levers on one checkpoint, chosen on dev val only: number of TTA views, augmentation
 strength, and heads on TTA features.
 
-Embeds every image of the dev val set as ``--views`` seeded views (``fewshot.tta.TTA.expand``, the
+Embeds every image of the dev val set as ``--views`` seeded views (``fewshot.evaluation.tta.TTA.expand``, the
 views of ``fewshot eval``'s TTA) and keeps each view's unit embedding, then scores the same fixed
 episodes (``fewshot eval``'s: ``--way 20 --shot 1 --query 5 --episodes 600 --within-group --seed 0``)
 with:
@@ -29,11 +29,11 @@ import torch.nn.functional as F
 
 import episodes
 from episodes.sampling import EpisodeSpec, sample_episodes
-from fewshot.checkpoint import load_encoder
-from fewshot.evaluate import build_heads, score_episodes
-from fewshot.inference import inference_model
-from fewshot.stats import mean_ci
-from fewshot.tta import override_tta, parse_tta_args, resolve_tta
+from fewshot.evaluation.evaluate import build_heads, score_episodes
+from fewshot.evaluation.inference import inference_model
+from fewshot.evaluation.stats import mean_ci
+from fewshot.evaluation.tta import override_tta, parse_tta_args, resolve_tta
+from fewshot.models.checkpoint import load_encoder
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "omniglot"
 DEFAULT = f"omniglot:{DATA}/images_background_small2.zip?groups=Japanese_(katakana),Sanskrit"

@@ -1,17 +1,29 @@
 """fewshot: metric-trained encoders and prototype / nearest-neighbour / least-squares heads.
 
-The everyday entry points::
+The library API, one import away::
 
-    from fewshot import train, TrainConfig, load_encoder, adapt, load_classifier
+    import fewshot
+    data = fewshot.load_data("glyphs")
+    run = fewshot.train(fewshot.TrainConfig(data="glyphs", epochs=1), out_dir="runs/demo")
+    result = fewshot.evaluate(run.model_path, fewshot.load_data("glyphs?split=novel"))
+
+The subpackages follow the data flow: ``episodes`` (images in, episodes out), then
+``fewshot.models`` (encoders, losses, checkpoints), ``fewshot.training``, ``fewshot.heads``,
+``fewshot.evaluation``, ``fewshot.adaptation`` and ``fewshot.experiments`` (compare, ablate).
 """
 
-from .adapt import adapt, update
-from .checkpoint import load_encoder
-from .classifier import FewShotClassifier, load_classifier
-from .encoders import build_encoder
-from .errors import FewShotError
-from .train import TrainConfig, train
+from episodes import load_data
+from fewshot.adaptation.adapt import adapt, update
+from fewshot.adaptation.classifier import FewShotClassifier, load_classifier
+from fewshot.errors import FewShotError
+from fewshot.evaluation.evaluate import EvalResult, evaluate
+from fewshot.experiments.compare import CompareConfig, compare
+from fewshot.heads import get_head
+from fewshot.models.checkpoint import load_encoder
+from fewshot.models.encoders import build_encoder
+from fewshot.training.trainer import TrainConfig, TrainResult, train
 
-__all__ = ["FewShotError", "build_encoder", "load_encoder", "TrainConfig", "train", "adapt", "update",
+__all__ = ["FewShotError", "load_data", "build_encoder", "load_encoder", "TrainConfig", "TrainResult",
+           "train", "evaluate", "EvalResult", "get_head", "compare", "CompareConfig", "adapt", "update",
            "FewShotClassifier", "load_classifier"]
 __version__ = "0.1.0"

@@ -12,8 +12,7 @@ import sys
 import warnings
 
 from episodes.errors import DatasetError
-
-from .errors import FewShotError
+from fewshot.errors import FewShotError
 
 COMMANDS = ["train", "eval", "compare", "adapt", "predict", "ablate", "episodes"]
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from .errors import FewShotError
+from fewshot.errors import FewShotError
 
 __all__ = ["parse_spec", "typed_options", "convert", "check", "finite_positive", "at_least"]
 

@@ -16,11 +16,11 @@ QUERY = 3
 
 def make_checkpoint(path: Path) -> Path:
     """A tiny Conv-4 checkpoint (28x28 grey) built with ``build_encoder`` + ``save_checkpoint`` as the
-    checkpoint contract describes (seeded weights; training one with ``fewshot.train`` costs ~30 s of
-    the 60 s budget of these tests on the shared 2-core machine)."""
-    from fewshot.checkpoint import save_checkpoint, state_hash
-    from fewshot.encoders import build_encoder
-    from fewshot.preprocess import Preprocess
+    checkpoint contract describes (seeded weights; training one with ``fewshot.training.trainer``
+    costs ~30 s of the 60 s budget of these tests on the shared 2-core machine)."""
+    from fewshot.models.checkpoint import save_checkpoint, state_hash
+    from fewshot.models.encoders import build_encoder
+    from fewshot.models.preprocess import Preprocess
 
     torch.manual_seed(0)
     enc = build_encoder("conv4", in_channels=1, num_classes=10, image_size=28, width=32)

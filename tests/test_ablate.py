@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-import fewshot.ablate as ablate
-from fewshot.ablate import Grid, grid_from_dict, load_grid, run_ablation
+import fewshot.experiments.ablate as ablate
 from fewshot.cli import main
 from fewshot.errors import FewShotError
+from fewshot.experiments.ablate import Grid, grid_from_dict, load_grid, run_ablation
 
 TINY = "glyphs?alphabets=5&per_class=8"
 
@@ -210,7 +210,7 @@ def test_summary_pairs_by_seed_and_episode_across_training_modes():
 def test_checkpoint_cells_are_scored_not_trained(tmp_path):
     """Trained encoders as a factor (e.g. one per source domain): scored on every set, paired per set."""
     from episodes import load_data
-    from fewshot.train import TrainConfig, train
+    from fewshot.training.trainer import TrainConfig, train
 
     data = load_data(TINY, "base")
     paths = []

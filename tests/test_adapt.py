@@ -12,11 +12,11 @@ import pytest
 import torch
 from adapt_fixtures import CLASSES, QUERY, SUPPORT, checkpoint, folders  # noqa: F401 - fixtures
 
-from fewshot.classifier import RidgeState, load_classifier
+from fewshot.adaptation.classifier import RidgeState, load_classifier
 from fewshot.cli import main
 from fewshot.heads.ls import ridge_fit
 
-A = importlib.import_module("fewshot.adapt")  # the module; fewshot.adapt is the function
+A = importlib.import_module("fewshot.adaptation.adapt")  # the module (fewshot.adapt is the function)
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +95,7 @@ def test_update_equals_adapting_on_the_union(checkpoint, folders, tmp_path, head
     assert calls == [sum(1 for _ in b.rglob("*.png"))]          # only the new images were embedded
     scratch = A.adapt(checkpoint, folders[0], head=head, lam=0.5 if head == "ls" else None)
     order = [grown.class_names.index(c) for c in scratch.class_names]
-    from fewshot.classifier import read_images
+    from fewshot.adaptation.classifier import read_images
     x, _, _ = read_images(sorted(folders[1].rglob("*.png")), scratch.preprocess)
     with torch.no_grad():
         got, want = grown(x)[:, order], scratch(x)

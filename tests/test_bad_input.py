@@ -70,7 +70,7 @@ def fx(tmp_path_factory):
     base = tmp_path_factory.mktemp("bad_input")
     data = _folder(base / "data")
     ckpt = make_checkpoint(base / "ckpt" / "best.pt")
-    from fewshot.adapt import adapt
+    from fewshot.adaptation.adapt import adapt
 
     model = adapt(ckpt, data, head="proto", progress=False).save(base / "model.pt")
     return {"base": base, "data": data, "ckpt": ckpt, "model": model,
@@ -80,7 +80,7 @@ def fx(tmp_path_factory):
 def _edited_model(fx, tmp: Path, edit) -> Path:
     """The classifier file with ``edit(payload)`` applied and its hash recomputed (so only the
     field checks, not the integrity check, can catch it)."""
-    from fewshot.classifier import payload_digest
+    from fewshot.adaptation.classifier import payload_digest
 
     doc = torch.load(fx["model"], weights_only=True)
     edit(doc["payload"])

@@ -3,11 +3,11 @@ import os
 import pytest
 import torch
 
-import fewshot.checkpoint as ck
-from fewshot.checkpoint import load_checkpoint, load_encoder, save_checkpoint, state_hash
-from fewshot.encoders import build_encoder
+import fewshot.models.checkpoint as ck
 from fewshot.errors import FewShotError
-from fewshot.preprocess import Preprocess
+from fewshot.models.checkpoint import load_checkpoint, load_encoder, save_checkpoint, state_hash
+from fewshot.models.encoders import build_encoder
+from fewshot.models.preprocess import Preprocess
 
 
 def _ckpt(seed=0):

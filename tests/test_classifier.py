@@ -9,10 +9,10 @@ import pytest
 import torch
 from adapt_fixtures import checkpoint, folders  # noqa: F401 - fixtures
 
-from fewshot.classifier import FORMAT, VERSION, FewShotClassifier, load_classifier, payload_digest
+from fewshot.adaptation.classifier import FORMAT, VERSION, FewShotClassifier, load_classifier, payload_digest
 from fewshot.errors import FewShotError
 
-A = importlib.import_module("fewshot.adapt")  # the module; fewshot.adapt is the function
+A = importlib.import_module("fewshot.adaptation.adapt")  # the module (fewshot.adapt is the function)
 
 
 @pytest.mark.parametrize("head", ["ls", "proto", "nn"])
@@ -65,7 +65,7 @@ def test_reference_mode_stores_hash_and_verifies_it(checkpoint, folders, tmp_pat
     with torch.no_grad():
         assert torch.equal(load_classifier(path)(x), clf(x))
     # another checkpoint in its place: refused, naming the model file
-    from fewshot.checkpoint import load_checkpoint, save_checkpoint
+    from fewshot.models.checkpoint import load_checkpoint, save_checkpoint
     other = load_checkpoint(ckpt)
     other["model"] = {k: (v + 1 if v.is_floating_point() else v) for k, v in other["model"].items()}
     other["hash"] = "ffffffffffffffff"

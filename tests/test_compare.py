@@ -8,8 +8,8 @@ import json
 import pytest
 
 from fewshot.cli import main
-from fewshot.compare import CompareConfig
 from fewshot.errors import FewShotError
+from fewshot.experiments.compare import CompareConfig
 
 TINY = "glyphs?alphabets=5&per_class=8"   # 60 base, 20 val, 20 novel classes of 8 drawings
 

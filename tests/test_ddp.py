@@ -8,8 +8,8 @@ import torch
 import torch.multiprocessing as mp
 from _train_data import digits_set
 
-from fewshot.checkpoint import load_checkpoint, state_hash
-from fewshot.train import TrainConfig, train
+from fewshot.models.checkpoint import load_checkpoint, state_hash
+from fewshot.training.trainer import TrainConfig, train
 
 
 def _free_port() -> int:

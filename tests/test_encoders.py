@@ -2,8 +2,8 @@ import pytest
 import torch
 from torch import nn
 
-from fewshot.encoders import ENCODERS, build_encoder
 from fewshot.errors import FewShotError
+from fewshot.models.encoders import ENCODERS, build_encoder
 
 
 @pytest.mark.parametrize("channels,size,dim", [(1, 28, 64), (3, 84, 1600)])
@@ -76,7 +76,7 @@ def test_custom_module_and_bad_channels():
 def test_cosine_classifier_builds_trains_and_rebuilds_from_its_spec():
     import torch
 
-    from fewshot.encoders import CosineClassifier, build_encoder
+    from fewshot.models.encoders import CosineClassifier, build_encoder
     m = build_encoder("conv4", in_channels=1, num_classes=7, image_size=28, classifier="cosine")
     assert isinstance(m.classifier, CosineClassifier)
     x = torch.randn(4, 1, 28, 28)
@@ -95,7 +95,7 @@ def test_cosine_classifier_builds_trains_and_rebuilds_from_its_spec():
 def test_unknown_classifier_is_refused():
     import pytest
 
-    from fewshot.encoders import build_encoder
     from fewshot.errors import FewShotError
+    from fewshot.models.encoders import build_encoder
     with pytest.raises(FewShotError, match="unknown classifier"):
         build_encoder("conv4", in_channels=1, num_classes=3, image_size=28, classifier="mlp")

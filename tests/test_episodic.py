@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from episodes import load_data
-from fewshot.checkpoint import load_encoder
-from fewshot.episodic import EpisodicConfig, EpisodicHead, train_episodic
 from fewshot.errors import FewShotError
-from fewshot.evaluate import evaluate
+from fewshot.evaluation.evaluate import evaluate
+from fewshot.models.checkpoint import load_encoder
+from fewshot.training.episodic import EpisodicConfig, EpisodicHead, train_episodic
 
 
 @pytest.fixture(scope="module")

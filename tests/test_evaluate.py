@@ -13,12 +13,12 @@ from PIL import Image
 from episodes.imageset import ImageSet
 from episodes.manifest import save_manifest
 from episodes.sampling import EpisodeSpec, sample_episodes
-from fewshot.checkpoint import FORMAT, save_checkpoint
 from fewshot.cli import main
-from fewshot.encoders import build_encoder, encoder_spec
-from fewshot.evaluate import build_heads, evaluate, score_episodes
-from fewshot.features import embed
-from fewshot.preprocess import Preprocess
+from fewshot.evaluation.evaluate import build_heads, evaluate, score_episodes
+from fewshot.evaluation.features import embed
+from fewshot.models.checkpoint import FORMAT, save_checkpoint
+from fewshot.models.encoders import build_encoder, encoder_spec
+from fewshot.models.preprocess import Preprocess
 
 
 def _checkpoint(path, *, nan=False, distance="euclidean"):
@@ -58,7 +58,7 @@ def test_every_head_on_the_same_episodes_and_report(ckpt, digits, tmp_path):
     res = evaluate(ckpt, digits, heads=heads, shots=(1, 5), episodes=60, seed=3, out_dir=tmp_path,
                    progress=False, device="cpu")
     # independent recomputation: embed, draw the same seeded episodes, score each head
-    from fewshot.checkpoint import load_encoder
+    from fewshot.models.checkpoint import load_encoder
 
     model, info = load_encoder(ckpt)
     feats = embed(model, digits, info["preprocess"], device="cpu", progress=False)
@@ -132,8 +132,8 @@ def test_cli_eval_writes_report(ckpt, cli_data, tmp_path, capsys):
 
 
 def test_tsne_picture(digits, tmp_path):
-    from fewshot.evaluate import EvalResult, tsne_embedding
-    from fewshot.report import write_report
+    from fewshot.evaluation.evaluate import EvalResult, tsne_embedding
+    from fewshot.evaluation.report import write_report
 
     feats = digits.images.flatten(1).float()
     res = EvalResult(["proto"], [1], 5, 15, {("proto", 1): np.array([0.5, 0.7])},

@@ -19,12 +19,12 @@ import torch
 from _train_data import digits_set, one_thread, tiny_config  # noqa: F401 (an autouse fixture)
 
 from episodes.atomic import _HOST, atomic_write_text, clean_orphans
-from fewshot.augment import Augment
-from fewshot.checkpoint import load_checkpoint, load_encoder, save_checkpoint
 from fewshot.cli import main
-from fewshot.encoders import Encoder, build_encoder
 from fewshot.errors import FewShotError
-from fewshot.train import load_recipe, train
+from fewshot.models.checkpoint import load_checkpoint, load_encoder, save_checkpoint
+from fewshot.models.encoders import Encoder, build_encoder
+from fewshot.training.augment import Augment
+from fewshot.training.trainer import load_recipe, train
 
 STEPS = 5  # steps per epoch: 84 training images, batch 16
 TIMING = ("img_per_s", "epoch_time_s")
@@ -379,7 +379,7 @@ def test_checkpoint_does_not_need_its_weights_file_nor_the_network(sets, tmp_pat
 def test_a_second_run_in_a_live_run_folder_is_refused(tmp_path):
     """Two runs writing one folder would interleave their checkpoints: the second is refused."""
     from fewshot.errors import FewShotError
-    from fewshot.runlock import RunLock
+    from fewshot.training.runlock import RunLock
 
     run = tmp_path / "run"
     with RunLock(run):
@@ -387,7 +387,7 @@ def test_a_second_run_in_a_live_run_folder_is_refused(tmp_path):
         with pytest.raises(FewShotError, match="another run .* is writing to this folder"):
             with RunLock(run):
                 pass
-        from fewshot.train import TrainConfig
+        from fewshot.training.trainer import TrainConfig
         cfg = TrainConfig(epochs=1, batch_size=16, m=4, val_way=3, val_shots=[1], val_episodes=5,
                           device="cpu")
         with pytest.raises(FewShotError, match="another run"):

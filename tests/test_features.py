@@ -7,8 +7,8 @@ import torch
 
 from episodes.imageset import ImageSet
 from fewshot.errors import FewShotError
-from fewshot.features import embed, embed_cached, feature_cache_key, transform
-from fewshot.preprocess import Preprocess
+from fewshot.evaluation.features import embed, embed_cached, feature_cache_key, transform
+from fewshot.models.preprocess import Preprocess
 
 
 class TinyEncoder(torch.nn.Module):

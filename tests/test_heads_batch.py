@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fewshot.evaluate import score_chunk
+from fewshot.evaluation.evaluate import score_chunk
 from fewshot.heads import get_head
 from fewshot.heads.batch import EpisodeBatch
 

@@ -9,10 +9,16 @@ import pytest
 import torch
 from adapt_fixtures import checkpoint, folders  # noqa: F401 - fixtures
 
-from fewshot.classifier import load_classifier
-from fewshot.encoders import build_encoder
+from fewshot.adaptation.classifier import load_classifier
 from fewshot.errors import FewShotError
-from fewshot.inference import InferenceModel, inference_model, prepare_for_inference, quantize_int8, threads
+from fewshot.evaluation.inference import (
+    InferenceModel,
+    inference_model,
+    prepare_for_inference,
+    quantize_int8,
+    threads,
+)
+from fewshot.models.encoders import build_encoder
 
 
 def _conv4(size=28, width=16, seed=0):
@@ -98,7 +104,7 @@ def test_int8_embeddings_agree_with_float32():
 
 
 def test_int8_classifier_predictions_agree_and_survive_save_load(checkpoint, folders, tmp_path):  # noqa: F811
-    A = importlib.import_module("fewshot.adapt")
+    A = importlib.import_module("fewshot.adaptation.adapt")
     support, query = folders
     paths = sorted(str(p) for p in query.rglob("*.png"))
     fp32 = A.adapt(checkpoint, support, head="ls")

@@ -3,7 +3,7 @@ import torch
 from pytorch_metric_learning import distances, losses
 
 from fewshot.errors import FewShotError
-from fewshot.losses import LOSSES, MINERS, PROXY_LOSSES, build_loss, build_miner, parse_loss_args
+from fewshot.models.losses import LOSSES, MINERS, PROXY_LOSSES, build_loss, build_miner, parse_loss_args
 
 
 def _batch():

@@ -17,9 +17,9 @@ from PIL import Image
 
 from episodes.errors import DatasetError
 from episodes.specs import load_data
-from fewshot.checkpoint import load_checkpoint
 from fewshot.cli import main
-from fewshot.train import TrainConfig, fill_placeholders
+from fewshot.models.checkpoint import load_checkpoint
+from fewshot.training.trainer import TrainConfig, fill_placeholders
 
 MINI = SHARED_DATA / "miniimagenet"
 
@@ -154,7 +154,7 @@ def test_validation_classes_inside_training_are_refused(tmp_path):
     from _train_data import digits_set
 
     from fewshot.errors import FewShotError
-    from fewshot.train import train
+    from fewshot.training.trainer import train
 
     data = digits_set()
     cfg = TrainConfig(epochs=1, batch_size=16, m=4, val_way=3, val_shots=[1], val_episodes=5, device="cpu")

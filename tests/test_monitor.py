@@ -15,14 +15,14 @@ from PIL import Image
 
 from episodes import EpisodeSpec, sample_episodes
 from fewshot.cli import main
-from fewshot.curves import plot_curves, read_metrics, val_series
-from fewshot.episodic import EpisodicConfig, train_episodic
 from fewshot.errors import FewShotError
-from fewshot.evaluate import EvalResult, build_heads, score_episodes
+from fewshot.evaluation.evaluate import EvalResult, build_heads, score_episodes
 from fewshot.figures import TITLE_MAX, compact_labels, short_data_name
-from fewshot.monitor import TENSORBOARD_HINT, CurveWriter, TensorBoardWriter, monitors
 from fewshot.progress import LineProgress, progress, progress_mode
-from fewshot.train import TrainConfig, train
+from fewshot.training.curves import plot_curves, read_metrics, val_series
+from fewshot.training.episodic import EpisodicConfig, train_episodic
+from fewshot.training.monitor import TENSORBOARD_HINT, CurveWriter, TensorBoardWriter, monitors
+from fewshot.training.trainer import TrainConfig, train
 
 OMNIGLOT_SPEC = ("omniglot:/home/someone/datasets/omniglot/images_background_small2.zip"
                  "?groups=Japanese_(katakana),Sanskrit,Tagalog (split novel)")
@@ -180,7 +180,7 @@ def test_figure_titles_name_the_data_briefly(tmp_path, monkeypatch):
     assert shown[:2] == ["01", "02"] and shared == "Tagalog/character…"
 
     # the accuracy-vs-shot figure of a real scoring (raw digit pixels, two heads) gets the short title
-    from fewshot import report
+    from fewshot.evaluation import report
 
     data = digits_set(per_class=30)
     feats = data.images.flatten(1).float()

@@ -7,7 +7,7 @@ import pytest
 from scipy import stats as sps
 
 from fewshot.errors import FewShotError
-from fewshot.stats import format_p, holm, mean_ci, paired, verdict
+from fewshot.evaluation.stats import format_p, holm, mean_ci, paired, verdict
 
 
 def _scores(seed=0, n=500, shift=0.0):

@@ -5,12 +5,12 @@ import torch
 from _train_data import digits_set, one_thread, tiny_config  # noqa: F401 (an autouse fixture)
 from pytorch_metric_learning import losses
 
-from fewshot.augment import Augment
-from fewshot.checkpoint import load_checkpoint, load_encoder
 from fewshot.cli import main
 from fewshot.errors import FewShotError
-from fewshot.preprocess import Preprocess
-from fewshot.train import (
+from fewshot.models.checkpoint import load_checkpoint, load_encoder
+from fewshot.models.preprocess import Preprocess
+from fewshot.training.augment import Augment
+from fewshot.training.trainer import (
     RECIPES,
     TrainConfig,
     embed_images,

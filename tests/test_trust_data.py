@@ -17,7 +17,7 @@ from episodes import load_data
 from episodes.decode import MAX_FILE_BYTES, read_zip_member
 from episodes.errors import DatasetError
 from fewshot.errors import FewShotError
-from fewshot.evaluate import evaluate
+from fewshot.evaluation.evaluate import evaluate
 from fewshot.heads import get_head
 from fewshot.options import convert, parse_spec
 
@@ -136,14 +136,14 @@ def test_options_parser_is_generic():
 # --------------------------------------------------------------- model files
 @pytest.fixture(scope="module")
 def model(ckpt, tmp_path_factory):
-    from fewshot.adapt import adapt
+    from fewshot.adaptation.adapt import adapt
 
     root = _class_folder(tmp_path_factory.mktemp("trust_support"), per_class=3)
     return adapt(ckpt, root, head="ls", progress=False).save(tmp_path_factory.mktemp("m") / "model.pt"), root
 
 
 def _resave(path: Path, out: Path, edit) -> Path:
-    from fewshot.classifier import payload_digest
+    from fewshot.adaptation.classifier import payload_digest
 
     doc = torch.load(path, weights_only=True)
     edit(doc["payload"])
@@ -155,7 +155,7 @@ def _resave(path: Path, out: Path, edit) -> Path:
 def test_model_file_never_downloads_or_reads_a_weights_file(model, tmp_path, monkeypatch):
     """A model file that says download=True and names a weights file is loaded from its own
     weights: no network (any download attempt fails this test), no other file read."""
-    from fewshot.classifier import load_classifier
+    from fewshot.adaptation.classifier import load_classifier
 
     path, root = model
 
@@ -186,7 +186,7 @@ def test_model_file_never_downloads_or_reads_a_weights_file(model, tmp_path, mon
     (lambda p: p.update(encoder={"reference": {"path": 3}}), "'encoder.reference'"),
 ])
 def test_model_file_fields_checked(model, tmp_path, edit, words):
-    from fewshot.classifier import load_classifier
+    from fewshot.adaptation.classifier import load_classifier
 
     bad = _resave(model[0], tmp_path / "bad.pt", edit)
     with pytest.raises(FewShotError) as err:

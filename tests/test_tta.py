@@ -12,16 +12,16 @@ import torch
 from adapt_fixtures import checkpoint, folders  # noqa: F401 - fixtures
 
 from episodes.imageset import ImageSet
-from fewshot.checkpoint import save_checkpoint
 from fewshot.cli import main
-from fewshot.encoders import build_encoder, encoder_spec
 from fewshot.errors import FewShotError
-from fewshot.evaluate import evaluate
-from fewshot.features import embed
-from fewshot.preprocess import Preprocess
-from fewshot.retrieval import retrieval_figures
-from fewshot.train import embed_tta
-from fewshot.tta import PHOTO_AUGMENT, TTA, checkpoint_tta, resolve_tta
+from fewshot.evaluation.evaluate import evaluate
+from fewshot.evaluation.features import embed
+from fewshot.evaluation.retrieval import retrieval_figures
+from fewshot.evaluation.tta import PHOTO_AUGMENT, TTA, checkpoint_tta, resolve_tta
+from fewshot.models.checkpoint import save_checkpoint
+from fewshot.models.encoders import build_encoder, encoder_spec
+from fewshot.models.preprocess import Preprocess
+from fewshot.training.trainer import embed_tta
 
 
 def _model():
@@ -143,8 +143,8 @@ def test_cli_flags_override_and_bad_options_fail_in_one_line(tmp_path, digits, c
 
 
 def test_adapted_model_file_records_and_reuses_the_tta(checkpoint, folders, tmp_path):  # noqa: F811
-    from fewshot.adapt import adapt
-    from fewshot.classifier import load_classifier
+    from fewshot.adaptation.adapt import adapt
+    from fewshot.adaptation.classifier import load_classifier
 
     clf = adapt(checkpoint, folders[0], head="proto", tta_views=3, tta_args={"seed": 5})
     assert clf.tta.views == 3 and "TTA 3 views" in clf.report.table()

@@ -7,7 +7,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from .argtypes import key_value
+from fewshot.commands.argtypes import key_value
 
 HELP = "run a resumable ablation grid (loss x miner x weights x m x dim x mode x head x shot ...) over seeds"
 
@@ -71,7 +71,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _level(text: str, kind, flag: str):
-    from ..errors import FewShotError
+    from fewshot.errors import FewShotError
 
     text = text.strip()
     try:
@@ -90,9 +90,9 @@ def _level(text: str, kind, flag: str):
 
 def build_grid(args: argparse.Namespace):
     """The grid of ``--grid`` with every flag applied on top."""
-    from ..ablate import grid_from_dict, read_grid_file
-    from ..errors import FewShotError
-    from ..losses import parse_loss_args
+    from fewshot.errors import FewShotError
+    from fewshot.experiments.ablate import grid_from_dict, read_grid_file
+    from fewshot.models.losses import parse_loss_args
 
     doc: dict = {}
     source = None
@@ -142,7 +142,7 @@ def build_grid(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from ..ablate import (
+    from fewshot.experiments.ablate import (
         format_comparisons,
         format_table,
         load_results,
@@ -155,8 +155,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path("runs") / f"ablate-{grid.name}"
     if not args.dry_run:
         from episodes.atomic import ensure_writable_dir
-
-        from ..errors import FewShotError
+        from fewshot.errors import FewShotError
         ensure_writable_dir(out, error=FewShotError)
     argv = sys.argv[1:]
     command = "fewshot " + " ".join(shlex.quote(a) for a in argv) if argv[:1] == ["ablate"] else None

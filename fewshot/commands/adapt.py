@@ -8,10 +8,9 @@ import sys
 import warnings
 
 from episodes.atomic import ensure_writable_file
-
-from ..classifier import HEAD_KINDS, TRANSFORMS
-from ..errors import FewShotError
-from .argtypes import add_tta_arguments
+from fewshot.adaptation.classifier import HEAD_KINDS, TRANSFORMS
+from fewshot.commands.argtypes import add_tta_arguments
+from fewshot.errors import FewShotError
 
 HELP = "fit a few-shot classifier on a folder of new classes (<class>/<images>) and save it as one file"
 
@@ -42,9 +41,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..adapt import adapt, update
-    from ..classifier import load_classifier
-    from ..tta import parse_tta_args
+    from fewshot.adaptation.adapt import adapt, update
+    from fewshot.adaptation.classifier import load_classifier
+    from fewshot.evaluation.tta import parse_tta_args
 
     if args.update is None and args.checkpoint is None:
         raise FewShotError("give --checkpoint (or --update MODEL to extend a saved classifier)")

@@ -5,13 +5,13 @@ from __future__ import annotations
 import argparse
 import time
 
-from .argtypes import add_tta_arguments, int_list, key_value
+from fewshot.commands.argtypes import add_tta_arguments, int_list, key_value
 
 HELP = "train an encoder, then compare few-shot heads on novel classes (default: the built-in glyph set)"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from ..compare import DEFAULT_HEADS
+    from fewshot.experiments.compare import DEFAULT_HEADS
 
     d = p.add_argument_group("data")
     d.add_argument("--data", default="glyphs",
@@ -67,11 +67,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from ..compare import CompareConfig, compare
-    from ..errors import FewShotError
-    from ..evaluate import split_heads
-    from ..losses import parse_loss_args
-    from ..tta import parse_tta_args
+    from fewshot.errors import FewShotError
+    from fewshot.evaluation.evaluate import split_heads
+    from fewshot.evaluation.tta import parse_tta_args
+    from fewshot.experiments.compare import CompareConfig, compare
+    from fewshot.models.losses import parse_loss_args
 
     start = time.perf_counter()
     if args.threads:

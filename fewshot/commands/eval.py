@@ -6,17 +6,16 @@ import argparse
 import sys
 
 from episodes.atomic import ensure_writable_dir
-
-from ..errors import FewShotError
-from .argtypes import add_tta_arguments, int_list
+from fewshot.commands.argtypes import add_tta_arguments, int_list
+from fewshot.errors import FewShotError
 
 HELP = "score heads (proto, nn, ls, ls-mlp, logreg) on the same novel-class episodes, paired statistics"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from ..evaluate import DEFAULT_HEADS
-    from ..features import TRANSFORMS
-    from ..heads.base import DISTANCES
+    from fewshot.evaluation.evaluate import DEFAULT_HEADS
+    from fewshot.evaluation.features import TRANSFORMS
+    from fewshot.heads.base import DISTANCES
 
     p.add_argument("--checkpoint", required=True, help="trained encoder checkpoint (runs/x/best.pt)")
     p.add_argument("--data", required=True,
@@ -66,8 +65,8 @@ def load_eval_data(spec: str, split: str | None):
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..evaluate import evaluate
-    from ..tta import parse_tta_args
+    from fewshot.evaluation.evaluate import evaluate
+    from fewshot.evaluation.tta import parse_tta_args
 
     for name in ("way", "query", "episodes", "batch_size"):
         if getattr(args, name) < 1:

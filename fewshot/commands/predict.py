@@ -11,9 +11,8 @@ import warnings
 from pathlib import Path
 
 from episodes.atomic import atomic_write_text, ensure_writable_file
-
-from ..errors import FewShotError
-from .argtypes import add_tta_arguments
+from fewshot.commands.argtypes import add_tta_arguments
+from fewshot.errors import FewShotError
 
 HELP = "classify images or folders with a model from `fewshot adapt` (CSV: path,label,probability,top_k)"
 
@@ -69,7 +68,7 @@ def confusion_png(path: Path, y_true: list[str], y_pred: list[str], labels: list
     share goes into the axis labels), so that the matrix keeps most of the figure."""
     from sklearn.metrics import ConfusionMatrixDisplay
 
-    from ..figures import compact_labels, pyplot, save_figure
+    from fewshot.figures import compact_labels, pyplot, save_figure
 
     plt = pyplot()
     shown, shared = compact_labels(labels, 24)
@@ -88,7 +87,7 @@ def confusion_png(path: Path, y_true: list[str], y_pred: list[str], labels: list
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..classifier import load_classifier
+    from fewshot.adaptation.classifier import load_classifier
 
     if args.top_k < 1:
         raise FewShotError(f"--top-k must be positive, got {args.top_k}")
@@ -106,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
             ensure_writable_file(out, error=FewShotError)
     clf = load_classifier(args.model, device=args.device)
     if args.tta is not None or args.tta_arg:
-        from ..tta import TTA, default_augment, override_tta, parse_tta_args
+        from fewshot.evaluation.tta import TTA, default_augment, override_tta, parse_tta_args
 
         base = clf.tta or TTA(1, default_augment(clf.preprocess.channels))
         clf.tta = override_tta(base, args.tta, parse_tta_args(args.tta_arg))

@@ -7,10 +7,9 @@ import sys
 import warnings
 
 from episodes.atomic import ensure_writable_dir
-
-from ..errors import FewShotError
-from ..losses import parse_loss_args
-from .argtypes import key_value
+from fewshot.commands.argtypes import key_value
+from fewshot.errors import FewShotError
+from fewshot.models.losses import parse_loss_args
 
 HELP = "train an encoder with a metric loss (+ cross-entropy) on base classes"
 
@@ -81,7 +80,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def build_config(args: argparse.Namespace):
-    from ..train import TrainConfig
+    from fewshot.training.trainer import TrainConfig
     overrides = {
         "data": args.data, "split": args.split, "val": args.val, "out": args.out,
         "encoder": args.encoder, "embedding_dim": args.embedding_dim, "image_size": args.image_size,
@@ -106,8 +105,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     import episodes
-
-    from ..train import check_config, fill_placeholders, train
+    from fewshot.training.trainer import check_config, fill_placeholders, train
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = build_config(args)
@@ -137,7 +135,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"fewshot train: {data.describe()}", file=sys.stderr)
     if val is not None:
         print(f"fewshot train: validation {val.describe()}", file=sys.stderr)
-    from ..monitor import monitors, run_title
+    from fewshot.training.monitor import monitors, run_title
 
     title = run_title(cfg.encoder, data.name, val.name if val is not None else None)
     with monitors(cfg.out, title=title, tensorboard=cfg.tensorboard, config=cfg.to_dict(),

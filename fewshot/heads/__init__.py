@@ -12,14 +12,14 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
-from ..errors import FewShotError
-from ..options import parse_spec, typed_options
-from .base import CallableHead, Fitted, Head, as_head
-from .logreg import LogRegHead
-from .ls import DEFAULT_GRID, LSHead, loo_residuals, loo_select, ridge_fit
-from .ls_mlp import LSMLPHead
-from .nn import NNHead
-from .proto import ProtoHead
+from fewshot.errors import FewShotError
+from fewshot.heads.base import CallableHead, Fitted, Head, as_head
+from fewshot.heads.logreg import LogRegHead
+from fewshot.heads.ls import DEFAULT_GRID, LSHead, loo_residuals, loo_select, ridge_fit
+from fewshot.heads.ls_mlp import LSMLPHead
+from fewshot.heads.nn import NNHead
+from fewshot.heads.proto import ProtoHead
+from fewshot.options import parse_spec, typed_options
 
 HEADS: dict[str, type] = {
     "proto": ProtoHead,

@@ -14,7 +14,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 
-from ..errors import FewShotError
+from fewshot.errors import FewShotError
 
 DISTANCES = ("euclidean", "cosine")
 

@@ -10,7 +10,7 @@ through inner products between query and support rows and among support rows, pl
 
 So an evaluation chunk computes ``[E, S+Q, S]`` inner products once, with one batched matmul in
 the features' dtype (float32), and every head derives its logits from it in ``O(E·Q·S)``
-instead of each head re-reading the ``[E, Q, D]`` query features (``fewshot.evaluate``). Rows are
+instead of each head re-reading the ``[E, Q, D]`` query features (``fewshot.evaluation.evaluate``). Rows are
 centred on the episode's support mean first (distances and the centred ridge Gram need no
 cancellation of a large common offset, e.g. of non-negative ReLU features); the uncentred inner
 products that cosine kernels need are recovered exactly in algebra from the centred ones and the
@@ -23,8 +23,8 @@ from functools import cached_property
 
 import torch
 
-from ..errors import FewShotError
-from .base import check_support
+from fewshot.errors import FewShotError
+from fewshot.heads.base import check_support
 
 
 class EpisodeBatch:

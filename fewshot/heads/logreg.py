@@ -9,8 +9,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..options import at_least, check, finite_positive
-from .base import check_query, check_support
+from fewshot.heads.base import check_query, check_support
+from fewshot.options import at_least, check, finite_positive
 
 
 @dataclass

@@ -37,10 +37,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..errors import FewShotError
-from ..options import check, finite_positive
-from .base import check_query, check_support, one_hot
-from .batch import EpisodeBatch
+from fewshot.errors import FewShotError
+from fewshot.heads.base import check_query, check_support, one_hot
+from fewshot.heads.batch import EpisodeBatch
+from fewshot.options import check, finite_positive
 
 DEFAULT_GRID: tuple[float, ...] = tuple(float(10.0 ** (k / 2)) for k in range(-8, 9))  # 1e-4 .. 1e4
 CRITERIA = ("squared", "error")

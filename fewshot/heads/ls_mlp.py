@@ -23,11 +23,11 @@ from dataclasses import dataclass
 
 import torch
 
-from ..errors import FewShotError
-from ..options import at_least, finite_positive
-from .base import check_query, check_support, one_hot
-from .batch import EpisodeBatch
-from .ls import CRITERIA, DEFAULT_GRID, FittedLinear, LSHead, check_lam_grid, dual_solve
+from fewshot.errors import FewShotError
+from fewshot.heads.base import check_query, check_support, one_hot
+from fewshot.heads.batch import EpisodeBatch
+from fewshot.heads.ls import CRITERIA, DEFAULT_GRID, FittedLinear, LSHead, check_lam_grid, dual_solve
+from fewshot.options import at_least, finite_positive
 
 KINDS = ("arccos", "random", "cosine", "rbf")
 ACTIVATIONS = {"relu": torch.relu, "tanh": torch.tanh, "cos": torch.cos}

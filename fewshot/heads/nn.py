@@ -6,9 +6,9 @@ from dataclasses import dataclass
 
 import torch
 
-from ..options import at_least, check
-from .base import check_distance, check_query, check_support, cosine_sim, sq_euclidean
-from .batch import EpisodeBatch
+from fewshot.heads.base import check_distance, check_query, check_support, cosine_sim, sq_euclidean
+from fewshot.heads.batch import EpisodeBatch
+from fewshot.options import at_least, check
 
 
 def pairwise_distance(query: torch.Tensor, support: torch.Tensor, distance: str) -> torch.Tensor:

@@ -6,9 +6,9 @@ from dataclasses import dataclass
 
 import torch
 
-from ..options import finite_positive
-from .base import check_distance, check_query, check_support, cosine_sim, one_hot, sq_euclidean
-from .batch import EpisodeBatch
+from fewshot.heads.base import check_distance, check_query, check_support, cosine_sim, one_hot, sq_euclidean
+from fewshot.heads.batch import EpisodeBatch
+from fewshot.options import finite_positive
 
 
 @dataclass

@@ -19,9 +19,9 @@ from typing import Any
 
 import torch
 
-from .errors import FewShotError
-from .features import TRANSFORMS
-from .heads.base import DISTANCES
+from fewshot.errors import FewShotError
+from fewshot.evaluation.features import TRANSFORMS
+from fewshot.heads.base import DISTANCES
 
 __all__ = ["MAX_IMAGE_SIDE", "MAX_CALIBRATION", "check_payload", "check_feature_size"]
 
@@ -108,8 +108,9 @@ def check_payload(payload: Any, path: str | os.PathLike) -> dict:
 
 
 def _check_tta(c: _Checker, record: Any) -> None:
-    """A test-time augmentation record: a valid :class:`fewshot.tta.TTA` of at most MAX_TTA_VIEWS views."""
-    from .tta import TTA
+    """A test-time augmentation record: a valid :class:`fewshot.evaluation.tta.TTA` of at most
+    MAX_TTA_VIEWS views."""
+    from fewshot.evaluation.tta import TTA
 
     try:
         tta = TTA.from_dict(record)
@@ -216,7 +217,7 @@ def _check_architecture(c: _Checker, spec: dict, state: dict, dim: int) -> None:
     """Build the spec on the meta device (no memory) and compare it with the stored weights: a spec
     that asks for more than the file holds never allocates, and a head of another feature size is
     refused before the first image."""
-    from .encoders import build_encoder
+    from fewshot.models.encoders import build_encoder
 
     if spec.get("custom"):
         return  # refused by load_encoder with its own message

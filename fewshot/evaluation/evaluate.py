@@ -6,8 +6,8 @@ episodes in chunks: gather the support and query rows of a chunk once (``[E, S+Q
 their inner products with the support rows once (:class:`~fewshot.heads.batch.EpisodeBatch`, one
 float32 matmul), and let every head score the whole chunk from them (heads with a
 ``score_batch`` method; any other head is fitted on the support and called on the query).
-Per-episode accuracies feed the statistics (:mod:`fewshot.stats`) and
-the report (:mod:`fewshot.report`).
+Per-episode accuracies feed the statistics (:mod:`fewshot.evaluation.stats`) and
+the report (:mod:`fewshot.evaluation.report`).
 """
 
 from __future__ import annotations
@@ -26,16 +26,21 @@ import torch
 from episodes.imageset import ImageSet
 from episodes.manifest import load_manifest
 from episodes.sampling import Episodes, EpisodeSpec, sample_episodes
-
-from . import stats
-from .errors import FewShotError
-from .features import _load_encoder, best_device, check_finite, default_transform, embed_cached
-from .features import transform as apply_transform
-from .heads import Head, get_head
-from .heads.base import check_distance
-from .heads.batch import EpisodeBatch, centred_features
-from .inference import threads as limit_threads
-from .tta import resolve_tta
+from fewshot.errors import FewShotError
+from fewshot.evaluation import stats
+from fewshot.evaluation.features import (
+    _load_encoder,
+    best_device,
+    check_finite,
+    default_transform,
+    embed_cached,
+)
+from fewshot.evaluation.features import transform as apply_transform
+from fewshot.evaluation.inference import threads as limit_threads
+from fewshot.evaluation.tta import resolve_tta
+from fewshot.heads import Head, get_head
+from fewshot.heads.base import check_distance
+from fewshot.heads.batch import EpisodeBatch, centred_features
 
 DEFAULT_HEADS = ("proto", "nn", "ls", "ls-mlp", "logreg")
 # Gathered support+query features per chunk. Small enough that the chunk's rows stay in cache
@@ -114,7 +119,7 @@ def score_episodes(features: torch.Tensor, episodes: Episodes, heads: Sequence[H
     synchronisation costs more than it saves, up to 10x more on a busy machine; None keeps
     torch's setting). The embedding pass is not affected.
     """
-    from .progress import progress as progress_bar
+    from fewshot.progress import progress as progress_bar
 
     e = len(episodes)
     way, shot, q = episodes.spec.way, episodes.support.shape[2], episodes.query.shape[2]
@@ -232,7 +237,7 @@ class EvalResult:
                     if r["shot"] == s and best in (r["head_a"], r["head_b"]):
                         lines.append(f"  {s}-shot: {r['verdict']}")
         if self.retrieval is not None:
-            from .retrieval import describe
+            from fewshot.evaluation.retrieval import describe
 
             lines.append(describe(self.retrieval))
         return "\n".join(lines)
@@ -255,7 +260,7 @@ class EvalResult:
 def _tta_note(record: dict | None) -> str:
     if not record or int(record.get("views", 1)) == 1:
         return ""
-    from .tta import TTA
+    from fewshot.evaluation.tta import TTA
 
     return f", TTA {TTA.from_dict(record).describe()}"
 
@@ -264,7 +269,7 @@ def versions() -> dict:
     import scipy
     import sklearn
 
-    from . import __version__
+    from fewshot import __version__
 
     return {"fewshot": __version__, "python": platform.python_version(), "torch": torch.__version__,
             "numpy": np.__version__, "scipy": scipy.__version__, "scikit-learn": sklearn.__version__}
@@ -318,18 +323,19 @@ def evaluate(checkpoint: str | os.PathLike | tuple[torch.nn.Module, dict], data:
              tta_args: dict | None = None, retrieval: bool = True) -> EvalResult:
     """Score every head on the same episodes of ``data`` (novel classes) with the encoder of ``checkpoint``.
 
-    ``checkpoint``: a path (``fewshot.checkpoint.load_encoder``) or a loaded ``(model, info)`` pair.
+    ``checkpoint``: a path (``fewshot.models.checkpoint.load_encoder``) or a loaded ``(model, info)`` pair.
     ``distance`` / ``transform`` default to the checkpoint's training distance (cosine -> l2 features,
     euclidean -> raw). ``episodes``: a count to draw per shot with ``seed``, or fixed
     :class:`~episodes.Episodes` (e.g. the Omniglot challenge runs, with ``challenge=True``);
     ``episodes_file``: one manifest path or several (one per shot) instead. Images are converted to
     the encoder's channels and size by the checkpoint's preprocessing, so cross-domain data just
-    works. With ``out_dir`` the report is written there (:func:`fewshot.report.write_report`).
+    works. With ``out_dir`` the report is written there (:func:`fewshot.evaluation.report.write_report`).
 
-    Test-time augmentation: the checkpoint's (:func:`fewshot.tta.resolve_tta`; the recipe's views and
-    augmentation, plain for a checkpoint without one), ``tta_views`` / ``tta_args`` override it.
+    Test-time augmentation: the checkpoint's (:func:`fewshot.evaluation.tta.resolve_tta`; the
+    recipe's views and augmentation, plain for a checkpoint without one), ``tta_views`` /
+    ``tta_args`` override it.
     ``retrieval``: also precision@1, R-precision and MAP@R of leave-one-out retrieval over all images
-    (:mod:`fewshot.retrieval`, under the checkpoint's training distance) when every class has >= 2.
+    (:mod:`fewshot.evaluation.retrieval`, under the checkpoint's training distance) when every class has >= 2.
     """
     dev = best_device(device)
     model, info = _load_encoder(checkpoint, dev)
@@ -373,13 +379,13 @@ def evaluate(checkpoint: str | os.PathLike | tuple[torch.nn.Module, dict], data:
         challenge=challenge,
     )
     if retrieval and _retrievable(data):
-        from .retrieval import retrieval_figures
+        from fewshot.evaluation.retrieval import retrieval_figures
 
         result.retrieval = retrieval_figures(feats, data.labels, info.get("distance") or distance)
     if tsne:
         result.tsne = tsne_embedding(feats, data, seed)
     if out_dir is not None:
-        from .report import write_report
+        from fewshot.evaluation.report import write_report
 
         write_report(result, Path(out_dir))
     return result

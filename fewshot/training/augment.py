@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
-from .errors import FewShotError, from_options
+from fewshot.errors import FewShotError, from_options
 
 __all__ = ["Augment"]
 

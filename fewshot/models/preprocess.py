@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from .errors import FewShotError
+from fewshot.errors import FewShotError
 
 __all__ = ["Preprocess"]
 

@@ -26,14 +26,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from episodes import EpisodeSpec, ImageSet, sample_episodes
-
-from .augment import Augment
-from .checkpoint import save_checkpoint, state_hash
-from .encoders import build_encoder, encoder_spec
-from .errors import FewShotError, from_options
-from .preprocess import Preprocess
-from .progress import progress as progress_bar
-from .train import resolve_device
+from fewshot.errors import FewShotError, from_options
+from fewshot.models.checkpoint import save_checkpoint, state_hash
+from fewshot.models.encoders import build_encoder, encoder_spec
+from fewshot.models.preprocess import Preprocess
+from fewshot.progress import progress as progress_bar
+from fewshot.training.augment import Augment
+from fewshot.training.trainer import resolve_device
 
 __all__ = ["EPISODIC_HEADS", "EpisodicConfig", "EpisodicResult", "EpisodicHead", "train_episodic"]
 
@@ -45,7 +44,8 @@ class EpisodicConfig:
     """Every setting of an episodic training run (the ``[train]`` table of an ablation cell).
 
     Attributes:
-        encoder: encoder name (``conv4``, ``resnet12``, ...) as in :func:`fewshot.encoders.build_encoder`.
+        encoder: encoder name (``conv4``, ``resnet12``, ...), as in
+            :func:`fewshot.models.encoders.build_encoder`.
         encoder_kwargs: extra encoder options (e.g. ``{"pool": "avg"}``).
         embedding_dim: optional linear projection of the backbone feature.
         head: ``"proto"`` (ProtoNet) or ``"ls"`` (R2-D2: ridge regression solved in closed form).
@@ -55,7 +55,7 @@ class EpisodicConfig:
         episodes_per_step: episodes batched into one optimiser step.
         steps_per_epoch, epochs: length of training.
         lr, weight_decay, optimizer: Adam (default) or SGD with momentum 0.9, cosine schedule.
-        augment: options of :class:`fewshot.augment.Augment` (``{"mode": "none"}`` disables it).
+        augment: options of :class:`fewshot.training.augment.Augment` (``{"mode": "none"}`` disables it).
         image_size, channels: network input; ``None`` keeps the data's.
         val_fraction: share of the base classes held out for validation when no ``val`` set is given
             (the same seeded split as TRAIN's ``train``; 0 trains on all classes, keeps the last epoch).
@@ -116,7 +116,7 @@ class EpisodicHead(nn.Module):
     def __init__(self, head: str = "proto", distance: str = "euclidean", ridge_lambda: float = 1.0,
                  init_scale: float | None = None):
         super().__init__()
-        from .heads import get_head
+        from fewshot.heads import get_head
 
         self.kind = head
         if head == "proto":
@@ -139,7 +139,7 @@ class EpisodicHead(nn.Module):
 
 def _ridge_head(lam: float):
     """EVAL's ``ls`` head at a fixed ridge penalty (R2-D2 trains through the closed form)."""
-    from .heads import get_head
+    from fewshot.heads import get_head
 
     return get_head("ls", lam=float(lam))
 
@@ -167,7 +167,8 @@ def train_episodic(config: EpisodicConfig | dict, data: ImageSet, val: ImageSet 
     ``val`` (class-disjoint from ``data``; without it a seeded ``val_fraction`` of the base classes is
     held out, as TRAIN does) is scored each epoch on fixed 5-way ``shot``-shot episodes with the
     training head; the best epoch is kept as ``best.pt``. ``callbacks``: as TRAIN's
-    (``on_epoch_end(row, metrics, out_dir)`` after every epoch, e.g. :class:`fewshot.monitor.CurveWriter`).
+    (``on_epoch_end(row, metrics, out_dir)`` after every epoch, e.g.
+    :class:`fewshot.training.monitor.CurveWriter`).
     Same seed, same result (on CPU).
     """
     cfg = config if isinstance(config, EpisodicConfig) else EpisodicConfig.from_dict(dict(config))
@@ -281,8 +282,9 @@ def train_episodic(config: EpisodicConfig | dict, data: ImageSet, val: ImageSet 
 
 
 def _embed(model: nn.Module, images: torch.Tensor, preprocess: Preprocess, device) -> torch.Tensor:
-    """Embeddings on ``device`` through the toolkit's one embedding path (:func:`fewshot.features.embed`)."""
-    from .features import embed
+    """Embeddings on ``device`` through the toolkit's one embedding path
+    (:func:`fewshot.evaluation.features.embed`)."""
+    from fewshot.evaluation.features import embed
 
     return embed(model, images, preprocess, device=device, progress=False).to(device)
 

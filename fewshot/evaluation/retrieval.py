@@ -14,7 +14,7 @@ import time
 
 import torch
 
-from .errors import FewShotError
+from fewshot.errors import FewShotError
 
 __all__ = ["METRICS", "retrieval_figures", "describe"]
 

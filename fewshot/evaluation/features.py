@@ -20,9 +20,8 @@ import torch
 
 from episodes.atomic import atomic_open
 from episodes.imageset import ImageSet
-
-from .errors import FewShotError
-from .tta import TTA, images_per_pass
+from fewshot.errors import FewShotError
+from fewshot.evaluation.tta import TTA, images_per_pass
 
 TRANSFORMS = ("none", "l2", "cl2n")
 CACHE_VERSION = 1
@@ -74,13 +73,13 @@ def embed(model: torch.nn.Module, images: ImageSet | torch.Tensor, preprocess: C
 
     ``images``: an :class:`~episodes.ImageSet` or uint8 ``[N,C,H,W]``. ``preprocess`` maps a uint8
     batch (already on the device) to the model's normalised float input, converting channels and
-    size (``fewshot.preprocess.Preprocess``); ``None`` scales to [0, 1]. Runs an eval-mode copy of
-    the model prepared for inference on the device (:func:`fewshot.inference.inference_model`:
+    size (``fewshot.models.preprocess.Preprocess``); ``None`` scales to [0, 1]. Runs an eval-mode copy of
+    the model prepared for inference on the device (:func:`fewshot.evaluation.inference.inference_model`:
     conv+BN folded, channels_last; the model itself is not modified) under
     ``torch.inference_mode`` and, on CUDA, bf16 autocast. Non-finite embeddings raise
     :class:`FewShotError`.
 
-    ``tta``: test-time augmentation (:class:`fewshot.tta.TTA`; ``None`` or one view: plain). Each
+    ``tta``: test-time augmentation (:class:`fewshot.evaluation.tta.TTA`; ``None`` or one view: plain). Each
     pass embeds the views of ``batch_size // views`` images together (views x images in one batch,
     no loop over views) and averages each image's views.
     """
@@ -100,7 +99,7 @@ def embed_tensor(model: torch.nn.Module, x_all: torch.Tensor, preprocess: Callab
     if batch_size < 1:
         raise FewShotError(f"batch size must be positive, got {batch_size}")
     dev = best_device(device)
-    from .inference import inference_model, prepare_input
+    from fewshot.evaluation.inference import inference_model, prepare_input
 
     fast = inference_model(model, dev)
     prep = preprocess or _default_preprocess
@@ -108,7 +107,7 @@ def embed_tensor(model: torch.nn.Module, x_all: torch.Tensor, preprocess: Callab
     step = batch_size if plain else images_per_pass(tta.views, batch_size)
     n = x_all.shape[0]
     chunks: list[torch.Tensor] = []
-    from .progress import progress as progress_bar
+    from fewshot.progress import progress as progress_bar
 
     bar = progress_bar(total=n, desc="embed" if plain else f"embed x{tta.views}", unit="img",
                        disable=not progress)
@@ -203,7 +202,7 @@ def feature_cache_key(checkpoint_hash: str, imageset: ImageSet, preprocess: Any,
 def _load_encoder(checkpoint: Any, device: torch.device) -> tuple[torch.nn.Module, dict]:
     if isinstance(checkpoint, tuple) and len(checkpoint) == 2:
         return checkpoint
-    from .checkpoint import load_encoder
+    from fewshot.models.checkpoint import load_encoder
 
     return load_encoder(checkpoint, device=str(device))
 
@@ -214,7 +213,7 @@ def embed_cached(checkpoint: str | os.PathLike | tuple[torch.nn.Module, dict], i
     """:func:`embed` through a disk cache: ``float32 [N, D]``.
 
     ``checkpoint`` is a checkpoint path or an already loaded ``(model, info)`` pair (info as from
-    ``fewshot.checkpoint.load_encoder``: ``hash``, ``preprocess``). The cache file
+    ``fewshot.models.checkpoint.load_encoder``: ``hash``, ``preprocess``). The cache file
     ``<cache_dir>/features/<key>.pt`` is keyed by the checkpoint's content hash, the data set's
     fingerprint, the preprocessing and the TTA setting (``tta``); it is written atomically and read with
     ``weights_only=True``. A corrupt cache file is recomputed, and a cache folder that cannot be

@@ -22,9 +22,8 @@ import warnings
 from pathlib import Path
 
 from episodes.atomic import atomic_write_text
-
-from .checkpoint import load_checkpoint, save_checkpoint
-from .errors import FewShotError
+from fewshot.errors import FewShotError
+from fewshot.models.checkpoint import load_checkpoint, save_checkpoint
 
 __all__ = ["commit_epoch", "write_metrics", "read_metrics", "reconcile"]
 

@@ -10,10 +10,9 @@ import os
 from pathlib import Path
 
 from episodes.atomic import atomic_write_bytes
-
-from . import stats
-from .evaluate import EvalResult
-from .figures import pyplot, save_figure, short_data_name, wrap
+from fewshot.evaluation import stats
+from fewshot.evaluation.evaluate import EvalResult
+from fewshot.figures import pyplot, save_figure, short_data_name, wrap
 
 
 def results_markdown(result: EvalResult) -> str:
@@ -61,7 +60,7 @@ def results_markdown(result: EvalResult) -> str:
 
 
 def _tta_text(record: dict | None) -> str:
-    from .tta import TTA
+    from fewshot.evaluation.tta import TTA
 
     return TTA.from_dict(record).describe() if record else "none recorded"
 

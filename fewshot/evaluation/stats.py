@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy import stats as sps
 
-from .errors import FewShotError
+from fewshot.errors import FewShotError
 
 Z95 = 1.959963984540054  # scipy.stats.norm.ppf(0.975)
 

@@ -2,7 +2,7 @@
 
 Batches come from PML's ``MPerClassSampler`` (m images of each of batch/m classes) or plain random
 sampling; they are gathered by indexing the uint8 ``ImageSet`` held in memory (on the GPU when it
-fits) and augmented there as batched tensor ops (:mod:`fewshot.augment`). The objective is
+fits) and augmented there as batched tensor ops (:mod:`fewshot.training.augment`). The objective is
 ``w_metric * metric_loss(embedding, mined tuples) + w_ce * cross_entropy(logits)``, optimised with
 SGD (Nesterov) or AdamW under a warm-up + cosine schedule. Every epoch (or every k) the encoder is
 scored on fixed validation episodes with prototypes under the training distance; ``best.pt`` keeps
@@ -29,19 +29,32 @@ import torch.nn.functional as F
 
 from episodes import EpisodeSpec, ImageSet, sample_episodes
 from episodes.atomic import atomic_write_text
-
-from .augment import Augment
-from .checkpoint import load_checkpoint, save_checkpoint, state_hash
-from .encoders import ENCODERS, INIT_ONLY, build_encoder, encoder_spec
-from .errors import FewShotError, check_option_types, from_options
-from .faults import DeferredInterrupt, StepSnapshot, all_finite, nonfinite_names, save_interrupted
-from .features import embed
-from .losses import LOSSES, MINERS, PROXY_LOSSES, build_loss, build_miner, distance_name, parse_loss_args
-from .preprocess import Preprocess
-from .progress import progress as progress_bar
-from .runlock import RunLock
-from .runstate import commit_epoch, reconcile, write_metrics
-from .tta import DRAWING_AUGMENT, TTA, default_augment, tta_from_config
+from fewshot.errors import FewShotError, check_option_types, from_options
+from fewshot.evaluation.features import embed
+from fewshot.evaluation.tta import DRAWING_AUGMENT, TTA, default_augment, tta_from_config
+from fewshot.models.checkpoint import load_checkpoint, save_checkpoint, state_hash
+from fewshot.models.encoders import ENCODERS, INIT_ONLY, build_encoder, encoder_spec
+from fewshot.models.losses import (
+    LOSSES,
+    MINERS,
+    PROXY_LOSSES,
+    build_loss,
+    build_miner,
+    distance_name,
+    parse_loss_args,
+)
+from fewshot.models.preprocess import Preprocess
+from fewshot.progress import progress as progress_bar
+from fewshot.training.augment import Augment
+from fewshot.training.faults import (
+    DeferredInterrupt,
+    StepSnapshot,
+    all_finite,
+    nonfinite_names,
+    save_interrupted,
+)
+from fewshot.training.runlock import RunLock
+from fewshot.training.runstate import commit_epoch, reconcile, write_metrics
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -52,7 +65,7 @@ __all__ = ["TrainConfig", "TrainResult", "load_recipe", "RECIPES", "train", "rot
            "mirror_classes", "synthetic_classes", "fill_placeholders", "episode_accuracy", "embed_images",
            "embed_tta"]
 
-RECIPE_DIR = Path(__file__).resolve().parent / "recipes"
+RECIPE_DIR = Path(__file__).resolve().parent.parent / "recipes"
 RECIPES = sorted(p.stem for p in RECIPE_DIR.glob("*.toml"))
 OPTIMIZERS = ("sgd", "adamw")
 SAMPLERS = ("mperclass", "random")
@@ -288,7 +301,8 @@ def resolve_device(name: str | None, local_rank: int = 0) -> torch.device:
 
 def embed_images(model: torch.nn.Module, images: torch.Tensor, preprocess: Preprocess,
                  device: torch.device, batch_size: int = 512) -> torch.Tensor:
-    """Embeddings ``[N, D]`` (float32, on ``device``) of uint8 images: :func:`fewshot.features.embed`."""
+    """Embeddings ``[N, D]`` (float32, on ``device``) of uint8 images:
+    :func:`fewshot.evaluation.features.embed`."""
     return embed(model, images, preprocess, device=device, batch_size=batch_size, progress=False).to(device)
 
 
@@ -299,9 +313,9 @@ def embed_tta(model: torch.nn.Module, images: torch.Tensor, preprocess: Preproce
               views: int, augment: Augment | dict | None = None, *, seed: int = 0,
               normalize: bool = True, batch_size: int = 512) -> torch.Tensor:
     """Test-time augmentation: the mean embedding ``[N, D]`` of ``views`` versions of every image
-    (:func:`fewshot.features.embed` with a :class:`fewshot.tta.TTA`; ``augment`` over the data kind's
-    default, :func:`fewshot.tta.default_augment`). ``views=1`` is plain :func:`embed_images`
-    (unit length with ``normalize``)."""
+    (:func:`fewshot.evaluation.features.embed` with a :class:`fewshot.evaluation.tta.TTA`;
+    ``augment`` over the data kind's default, :func:`fewshot.evaluation.tta.default_augment`).
+    ``views=1`` is plain :func:`embed_images` (unit length with ``normalize``)."""
     if views < 1:
         raise FewShotError(f"val_tta must be a positive number of views, got {views}")
     options = augment.to_dict() if isinstance(augment, Augment) else dict(augment or {})
@@ -446,7 +460,7 @@ def train(config: TrainConfig, data: ImageSet, val: ImageSet | None, out_dir: st
     module) in place of the names in ``config``. Without ``val`` a seeded ``val_fraction`` of the
     base classes is held out (``TrainResult.held_out_classes``). ``callbacks``: objects with
     ``on_epoch_end(row, metrics, out_dir)``, called on the main process after each epoch's row is
-    written (:mod:`fewshot.monitor`: training curves, TensorBoard).
+    written (:mod:`fewshot.training.monitor`: training curves, TensorBoard).
     """
     out = Path(out_dir if out_dir is not None else config.out or "runs/train")
     # one writer per run folder: a second run pointed at a live one is refused, not interleaved
@@ -819,7 +833,7 @@ def _train(config: TrainConfig, data: ImageSet, val: ImageSet | None, out_dir: P
                 best["accuracy"] if best else -1.0)
             row["best"] = bool(improved)
             check_weights(epoch, step - 1)  # never commit a non-finite state
-            # The epoch's record goes into last.pt, the commit point (fewshot.runstate); from
+            # The epoch's record goes into last.pt, the commit point (fewshot.training.runstate); from
             # here until it is written an interrupt writes nothing (last.pt is the previous epoch).
             cur["phase"] = "commit"
             metrics = [*metrics, row]

@@ -14,7 +14,7 @@ from pytorch_metric_learning import distances, losses, miners
 from pytorch_metric_learning.losses import BaseMetricLossFunction
 from pytorch_metric_learning.miners import BaseMiner
 
-from .errors import FewShotError
+from fewshot.errors import FewShotError
 
 __all__ = ["LOSSES", "MINERS", "DISTANCES", "PROXY_LOSSES", "build_loss", "build_miner",
            "build_distance", "parse_loss_args", "distance_name"]

@@ -2,7 +2,7 @@
 copies, the embeddings averaged (unit embeddings under a cosine-trained encoder).
 
 A :class:`TTA` is the whole setting: the number of views, the augmentation (options of
-:class:`fewshot.augment.Augment`, geometric only), the seed and whether views are averaged as
+:class:`fewshot.training.augment.Augment`, geometric only), the seed and whether views are averaged as
 unit vectors. Its views are a fixed, seeded set of ``views - 1`` random transforms applied to
 *every* image (view 0 is the image itself), so the features of an image do not depend on which
 other images share its batch, on the batch size or on the order of the data set; and every image
@@ -25,8 +25,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .augment import Augment
-from .errors import FewShotError
+from fewshot.errors import FewShotError
+from fewshot.training.augment import Augment
 
 __all__ = ["TTA", "DRAWING_AUGMENT", "PHOTO_AUGMENT", "default_augment", "tta_from_config",
            "checkpoint_tta", "resolve_tta", "override_tta", "parse_tta_args", "images_per_pass"]
@@ -54,7 +54,7 @@ class TTA:
 
     Attributes:
         views: embeddings averaged per image (1 = plain embedding, no augmentation).
-        augment: :class:`~fewshot.augment.Augment` options of views 1.. (geometric only).
+        augment: :class:`~fewshot.training.augment.Augment` options of views 1.. (geometric only).
         seed: fixes the ``views - 1`` transforms (the same for every image).
         normalize: average unit-length embeddings (cosine-trained encoders) instead of raw ones.
     """
@@ -188,7 +188,7 @@ def override_tta(base: TTA, views: int | None = None, args: dict | None = None) 
 
 def parse_tta_args(items: list[str] | dict | None) -> dict:
     """``["degrees=20", "scale=0.8,1.2", "flip=true"]`` -> options (numbers, booleans, lists)."""
-    from .losses import parse_loss_args
+    from fewshot.models.losses import parse_loss_args
 
     try:
         return parse_loss_args(items)

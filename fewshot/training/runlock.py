@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .errors import FewShotError
+from fewshot.errors import FewShotError
 
 try:
     import fcntl

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import FewShotError
-from .figures import pyplot, save_figure, shorten
+from fewshot.errors import FewShotError
+from fewshot.figures import pyplot, save_figure, shorten
 
 __all__ = ["CURVES_FILE", "plot_curves", "read_metrics", "val_series"]
 

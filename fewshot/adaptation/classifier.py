@@ -2,7 +2,7 @@
 
 The fitted heads keep their *sufficient statistics* (class sums and counts for prototypes;
 ``XᵀX``, ``Xᵀ1``, ``XᵀY`` and counts for ridge; the support itself for nearest neighbour) so that
-:func:`fewshot.adapt.update` can add classes or shots without re-embedding anything.
+:func:`fewshot.adaptation.adapt.update` can add classes or shots without re-embedding anything.
 
 A classifier is saved as one file, written atomically, that ``torch.load(weights_only=True)``
 reads (tensors, dicts, lists, strings and numbers only)::
@@ -28,15 +28,14 @@ import torch
 from torch import nn
 
 from episodes.atomic import atomic_open
-
-from .errors import FewShotError
-from .features import TRANSFORMS, transform
-from .heads.nn import FittedNN
-from .heads.proto import FittedProto
-from .inference import inference_model, prepare_input, threads
-from .model_file import check_feature_size, check_payload
-from .preprocess import Preprocess
-from .tta import TTA
+from fewshot.adaptation.model_file import check_feature_size, check_payload
+from fewshot.errors import FewShotError
+from fewshot.evaluation.features import TRANSFORMS, transform
+from fewshot.evaluation.inference import inference_model, prepare_input, threads
+from fewshot.evaluation.tta import TTA
+from fewshot.heads.nn import FittedNN
+from fewshot.heads.proto import FittedProto
+from fewshot.models.preprocess import Preprocess
 
 __all__ = ["FORMAT", "VERSION", "HEAD_KINDS", "FewShotClassifier", "Predictions", "ProtoState",
            "RidgeState", "NeighbourState", "load_classifier", "feature_transform", "read_images"]
@@ -51,7 +50,7 @@ SMALL_BATCH = 16  # predictions on fewer images run single-threaded (see predict
 def feature_transform(features: torch.Tensor, kind: str,
                       base_mean: torch.Tensor | None = None) -> torch.Tensor:
     """``none``, ``l2`` (unit length) or ``cl2n`` (subtract the base-class mean, then unit length):
-    :func:`fewshot.features.transform`, so adaptation and evaluation agree."""
+    :func:`fewshot.evaluation.features.transform`, so adaptation and evaluation agree."""
     if kind not in TRANSFORMS:
         raise FewShotError(f"unknown feature transform {kind!r}; valid: {', '.join(TRANSFORMS)}")
     if kind == "cl2n" and base_mean is None:
@@ -150,7 +149,7 @@ class NeighbourState(nn.Module):
         rows = torch.arange(len(self.labels)) if rows is None else rows
         keep = torch.ones(len(rows), len(self.labels), dtype=torch.bool)
         keep[torch.arange(len(rows)), rows] = False
-        from .heads.nn import pairwise_distance
+        from fewshot.heads.nn import pairwise_distance
         d = pairwise_distance(self.features[rows].unsqueeze(0), self.features.unsqueeze(0), self.distance)[0]
         d = d.masked_fill(~keep, math.inf)
         out = torch.full((len(rows), self.num_classes), math.inf)
@@ -303,7 +302,7 @@ def read_images(paths: Sequence[str | os.PathLike], preprocess: Preprocess, *, s
     arrays, kept, skipped = [], [], []
     it = paths
     if progress:
-        from .progress import progress as progress_bar
+        from fewshot.progress import progress as progress_bar
         it = progress_bar(paths, desc="reading", unit="img")
     for p in it:
         try:
@@ -355,11 +354,11 @@ class FewShotClassifier(nn.Module):
 
     # ------------------------------------------------------------- int8
     def quantize(self, calibration: torch.Tensor, max_images: int = 64) -> FewShotClassifier:
-        """Use a static int8 encoder (CPU, :func:`fewshot.inference.quantize_int8`) for prediction,
+        """Use a static int8 encoder (CPU, :func:`fewshot.evaluation.inference.quantize_int8`) for prediction,
         calibrated on up to ``max_images`` uint8 images (``adapt(..., int8=True)`` uses the support
         set). Opt-in: predictions can differ from float32 on borderline images; ``save`` keeps the
         calibration images so a loaded classifier is quantised the same way. Returns ``self``."""
-        from .inference import quantize_int8
+        from fewshot.evaluation.inference import quantize_int8
 
         if self._device().type != "cpu":
             raise FewShotError("int8 inference runs on the CPU only")
@@ -402,7 +401,7 @@ class FewShotClassifier(nn.Module):
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """Transformed embeddings ``[B, D]`` (what the head sees). Without gradients (``embed``,
         ``predict``, ``torch.no_grad()``) the encoder runs through
-        :func:`fewshot.inference.inference_model`."""
+        :func:`fewshot.evaluation.inference.inference_model`."""
         images = self.check_images(images).to(self._device())
         if torch.is_grad_enabled():  # differentiable: the encoder itself
             z = self.encoder(self.preprocess(images))
@@ -416,10 +415,11 @@ class FewShotClassifier(nn.Module):
 
     def embed(self, images: torch.Tensor, batch_size: int = 256, progress: bool = False) -> torch.Tensor:
         """:meth:`features` in batches, without gradients, on CPU: ``float32 [N, D]``; with the
-        classifier's test-time augmentation (``self.tta``) through :func:`fewshot.features.embed`."""
+        classifier's test-time augmentation (``self.tta``) through
+        :func:`fewshot.evaluation.features.embed`."""
         images = self.check_images(images)
         if self.tta is not None and not self.tta.plain:
-            from .features import embed_tensor
+            from fewshot.evaluation.features import embed_tensor
 
             z = embed_tensor(self._int8 or self.encoder, images, self.preprocess, device=self._device(),
                              batch_size=batch_size, progress=progress, tta=self.tta)
@@ -427,7 +427,7 @@ class FewShotClassifier(nn.Module):
         out = []
         starts = range(0, images.shape[0], batch_size)
         if progress and len(starts) > 1:
-            from .progress import progress as progress_bar
+            from fewshot.progress import progress as progress_bar
             starts = progress_bar(starts, desc="embedding", unit="batch")
         with torch.inference_mode():
             for s in starts:
@@ -548,7 +548,7 @@ def payload_digest(payload: dict) -> str:
 
 # ------------------------------------------------------------------ loading
 def _encoder_from_source(source: dict, path: Path, device: str) -> tuple[nn.Module, dict]:
-    from .checkpoint import load_encoder
+    from fewshot.models.checkpoint import load_encoder
     if "checkpoint" in source:
         model, info = load_encoder(source["checkpoint"], device=device)
         return model, info

@@ -4,8 +4,8 @@ A grid (a TOML file or command-line flags, see :func:`load_grid`) crosses *train
 (``mode``, ``loss``, ``miner``, ``weights`` = (w_metric, w_ce), ``m``, ``embedding_dim``,
 ``encoder``, ``episodic_head``, ``epochs``, ``lr``, ``batch_size``) with *evaluation factors*
 (``head``, ``shot``, ``transform``), over several seeds. Each training cell is trained once per
-seed (metric learning through :func:`fewshot.train.train`, or episodically through
-:func:`fewshot.episodic.train_episodic`); every evaluation factor is then scored from that one
+seed (metric learning through :func:`fewshot.training.trainer.train`, or episodically through
+:func:`fewshot.training.episodic.train_episodic`); every evaluation factor is then scored from that one
 checkpoint, on fixed episodes: one manifest per evaluation set, saved in the output folder, so
 every cell of every seed sees the very same episodes and differences can be paired by seed and
 episode.
@@ -31,9 +31,8 @@ from pathlib import Path
 import numpy as np
 
 from episodes.atomic import atomic_write_text, read_json
-
-from .errors import FewShotError
-from .progress import progress as progress_bar
+from fewshot.errors import FewShotError
+from fewshot.progress import progress as progress_bar
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -46,7 +45,8 @@ __all__ = ["FACTORS", "TRAIN_FACTORS", "EVAL_FACTORS", "EvalSet", "Grid", "Train
 FORMAT = "fewshot-ablation/1"
 
 TRAIN_FACTORS: dict[str, str] = {
-    "mode": "training mode: 'metric' (PML loss, fewshot.train) or 'episodic' (fewshot.episodic)",
+    "mode": "training mode: 'metric' (PML loss, fewshot.training.trainer) or 'episodic' "
+            "(fewshot.training.episodic)",
     "loss": "metric loss (circle, contrastive, triplet, multisimilarity, ...)",
     "miner": "miner (multisimilarity, triplet-semihard, batch-hard, none)",
     "weights": "[w_metric, w_ce]: weights of the metric loss and the joint cross-entropy",
@@ -224,7 +224,7 @@ def _levels(name: str, value) -> list:
 
 def _cell_id(grid: Grid, factors: dict) -> str:
     if "checkpoint" in factors:  # the trained weights themselves, wherever the file lives
-        from .checkpoint import load_checkpoint
+        from fewshot.models.checkpoint import load_checkpoint
         doc: dict = {"checkpoint": load_checkpoint(factors["checkpoint"]).get("hash")}
         return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:12]
     doc = {"data": grid.data, "split": grid.split, "recipe": grid.recipe, "factors": factors,
@@ -288,7 +288,7 @@ def grid_from_dict(doc: dict, *, source: str | None = None) -> Grid:
 
 def _default_recipe(spec: str) -> str | None:
     """TRAIN's recipe named after the data kind (``glyphs``, ``omniglot``, ...), as compare does."""
-    from .train import RECIPES
+    from fewshot.training.trainer import RECIPES
 
     kind = spec.split(":", 1)[0].split("?", 1)[0].lower()
     return kind if kind in RECIPES else None
@@ -344,7 +344,7 @@ def load_grid_data(grid: Grid):
 
 def metric_config(grid: Grid, factors: dict, seed: int):
     """TRAIN's ``TrainConfig`` for a metric cell: recipe, then fixed ``[train]`` settings, then factors."""
-    from .train import TrainConfig, load_recipe
+    from fewshot.training.trainer import TrainConfig, load_recipe
 
     cfg = dict(load_recipe(grid.recipe)) if grid.recipe else {}
     cfg.update(grid.train)
@@ -363,7 +363,7 @@ def metric_config(grid: Grid, factors: dict, seed: int):
 
 def episodic_config(grid: Grid, factors: dict, seed: int):
     """:class:`EpisodicConfig` of an episodic cell: the recipe's encoder settings, ``[episodic]``, factors."""
-    from .episodic import EpisodicConfig
+    from fewshot.training.episodic import EpisodicConfig
 
     cfg: dict = {}
     base = dict(load_recipe_safe(grid.recipe))
@@ -387,7 +387,7 @@ def episodic_config(grid: Grid, factors: dict, seed: int):
 def load_recipe_safe(name: str | None) -> dict:
     if not name:
         return {}
-    from .train import load_recipe
+    from fewshot.training.trainer import load_recipe
 
     return load_recipe(name)
 
@@ -395,8 +395,8 @@ def load_recipe_safe(name: str | None) -> dict:
 def validate_grid(grid: Grid) -> None:
     """Build every cell's training settings (every seed shares them) and every head of the grid,
     so a bad key or value anywhere fails in one line before the first cell trains, not after."""
-    from .heads import get_head
-    from .train import check_config
+    from fewshot.heads import get_head
+    from fewshot.training.trainer import check_config
 
     for cell in grid.cells():
         if "checkpoint" in cell.factors:  # a trained encoder scored as it is: nothing to build
@@ -417,15 +417,15 @@ def train_cell(grid: Grid, cell: TrainCell, seed: int, data, out_dir: Path, *, p
     if "checkpoint" in cell.factors:
         return Path(cell.factors["checkpoint"]).resolve()
     if cell.factors.get("mode", "metric") == "episodic":
-        from .episodic import train_episodic
+        from fewshot.training.episodic import train_episodic
 
         cfg = episodic_config(grid, cell.factors, seed)
         result = train_episodic(cfg, data, None, out_dir, progress=progress)
     else:
-        from .train import train
+        from fewshot.training.trainer import train
 
         result = train(metric_config(grid, cell.factors, seed), data, None, out_dir, progress=progress)
-    from .curves import CURVES_FILE, plot_curves
+    from fewshot.training.curves import CURVES_FILE, plot_curves
 
     plot_curves(result.metrics, out_dir / CURVES_FILE, title=f"{grid.name}: {cell.label()}, seed {seed}")
     return Path(result.best_path)
@@ -434,7 +434,7 @@ def train_cell(grid: Grid, cell: TrainCell, seed: int, data, out_dir: Path, *, p
 def score_checkpoint(checkpoint: Path, grid: Grid, sets: dict, manifests: dict, *,
                      progress: bool = True) -> list[dict]:
     """Every evaluation point of the grid on every evaluation set: one record each, per-episode."""
-    from .evaluate import evaluate
+    from fewshot.evaluation.evaluate import evaluate
 
     records = []
     heads = grid.factors["head"]
@@ -590,10 +590,10 @@ def _seed_ci(means: np.ndarray) -> float:
 def _paired(a: dict, b: dict) -> dict | None:
     """Paired comparison of two cells, pairing by seed and episode (the seeds both have).
 
-    EVAL's :func:`fewshot.stats.paired` on all (seed, episode) pairs, plus the per-seed mean
+    EVAL's :func:`fewshot.evaluation.stats.paired` on all (seed, episode) pairs, plus the per-seed mean
     differences (a verdict also needs every seed to agree in sign).
     """
-    from .stats import paired
+    from fewshot.evaluation.stats import paired
 
     seeds = sorted(set(a) & set(b))
     if not seeds:
@@ -609,7 +609,7 @@ def _paired(a: dict, b: dict) -> dict | None:
 
 def summarize(grid: Grid, doc: dict) -> dict:
     """Per-cell mean ± CI across seeds, and paired verdicts between cells that differ in one factor."""
-    from .stats import mean_ci
+    from fewshot.evaluation.stats import mean_ci
 
     table = _collect(grid, doc)
     cells = {c.id: c for c in grid.cells()}
@@ -668,7 +668,7 @@ def summarize(grid: Grid, doc: dict) -> dict:
 
 def _adjust(comparisons: list[dict]) -> None:
     """Holm-adjusted p-values over all comparisons of the summary (one family), then the verdict."""
-    from .stats import holm
+    from fewshot.evaluation.stats import holm
 
     if not comparisons:
         return
@@ -750,7 +750,8 @@ def write_summary(grid: Grid, summary: dict, out_dir: Path, *, command: str | No
     if summary["comparisons"]:
         lines += ["## Paired comparisons (cells that differ in one factor)", "",
                   "Differences are paired by seed and episode; the CI and p-value come from a paired t-test "
-                  "over all (seed, episode) pairs (`fewshot.stats.paired`), p-values are Holm-adjusted over "
+                  "over all (seed, episode) pairs (`fewshot.evaluation.stats.paired`), p-values are "
+                  "Holm-adjusted over "
                   "this table; a verdict needs adjusted p < 0.05 and every seed agreeing in sign.", "",
                   format_comparisons(summary), ""]
     if plots:
@@ -763,7 +764,7 @@ def write_summary(grid: Grid, summary: dict, out_dir: Path, *, command: str | No
 
 def plot_summary(grid: Grid, summary: dict, out_dir: Path) -> list[Path]:
     """Accuracy vs shot per head (one panel per evaluation set) and one bar chart per varying factor."""
-    from .figures import pyplot, save_figure, shorten, wrap
+    from fewshot.figures import pyplot, save_figure, shorten, wrap
 
     plt = pyplot()
 

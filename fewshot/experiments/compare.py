@@ -2,10 +2,10 @@
 
 :func:`compare` is ``fewshot train`` followed by ``fewshot eval`` with one configuration and one
 report folder: it loads the data through DATA's :func:`episodes.load_data`, trains with TRAIN's
-:func:`fewshot.train.train` under a recipe (the built-in glyph set and its ``glyphs`` recipe by
+:func:`fewshot.training.trainer.train` under a recipe (the built-in glyph set and its ``glyphs`` recipe by
 default, so it runs anywhere without a download), draws the evaluation episodes once and saves
-them as manifests, scores every head on them with EVAL's :func:`fewshot.evaluate.evaluate`, and
-writes EVAL's report (:func:`fewshot.report.write_report`) next to the checkpoint.
+them as manifests, scores every head on them with EVAL's :func:`fewshot.evaluation.evaluate.evaluate`, and
+writes EVAL's report (:func:`fewshot.evaluation.report.write_report`) next to the checkpoint.
 """
 
 from __future__ import annotations
@@ -21,8 +21,7 @@ from pathlib import Path
 
 from episodes.atomic import atomic_write_text
 from episodes.specs import SPLIT_KINDS, training_split
-
-from .errors import FewShotError
+from fewshot.errors import FewShotError
 
 __all__ = ["DEFAULT_HEADS", "CompareConfig", "CompareResult", "compare", "default_out_dir"]
 
@@ -45,7 +44,7 @@ class CompareConfig:
         heads, way, shots, query, episodes, episode_seed: the evaluation protocol.
         transform, distance, within_group: as in ``fewshot eval``.
         tta, tta_args: test-time augmentation views and options (default: the recipe's, as recorded
-            in the checkpoint; see :func:`fewshot.tta.resolve_tta`).
+            in the checkpoint; see :func:`fewshot.evaluation.tta.resolve_tta`).
         out: the run folder (default ``runs/compare-<timestamp>``).
     """
 
@@ -89,7 +88,7 @@ class CompareConfig:
 
     def resolved(self) -> CompareConfig:
         """Defaults filled in: splits, novel source and recipe."""
-        from .train import RECIPES
+        from fewshot.training.trainer import RECIPES
 
         c = CompareConfig(**asdict(self))
         c.split = training_split(c.data, c.split)
@@ -140,12 +139,11 @@ def compare(config: CompareConfig | None = None, *, progress: bool = True) -> Co
     """Train on the base classes, score every head on fixed novel-class episodes, write one report."""
     import episodes
     from episodes import EpisodeSpec, sample_episodes, save_manifest
-
-    from .evaluate import build_heads, evaluate
-    from .monitor import monitors, run_title
-    from .report import write_report
-    from .train import TrainConfig, check_config, fill_placeholders, train
-    from .tta import TTA, override_tta
+    from fewshot.evaluation.evaluate import build_heads, evaluate
+    from fewshot.evaluation.report import write_report
+    from fewshot.evaluation.tta import TTA, override_tta
+    from fewshot.training.monitor import monitors, run_title
+    from fewshot.training.trainer import TrainConfig, check_config, fill_placeholders, train
 
     t_start = time.perf_counter()
     cfg = (config or CompareConfig()).resolved()

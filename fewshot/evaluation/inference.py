@@ -1,5 +1,5 @@
-"""The inference fast path of an encoder, shared by :func:`fewshot.features.embed` and
-:class:`fewshot.classifier.FewShotClassifier`.
+"""The inference fast path of an encoder, shared by :func:`fewshot.evaluation.features.embed` and
+:class:`fewshot.adaptation.classifier.FewShotClassifier`.
 
 :func:`prepare_for_inference` returns an eval-mode *copy* of the encoder (the original is never
 modified, so training can go on with it) that
@@ -38,7 +38,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import FewShotError
+from fewshot.errors import FewShotError
 
 __all__ = ["InferenceModel", "prepare_for_inference", "inference_model", "embedding_of", "threads",
            "quantize_int8", "prepare_input"]
@@ -50,7 +50,7 @@ def prepare_input(preprocess: Any, images: torch.Tensor, *, channels_last: bool 
     straight into a float tensor of the memory format the prepared model takes (no separate
     scaling, normalising and layout-conversion passes). Anything else goes through ``preprocess``.
     Equal to ``preprocess(images)`` to float rounding."""
-    from .preprocess import Preprocess
+    from fewshot.models.preprocess import Preprocess
 
     if not (type(preprocess) is Preprocess and images.dtype == torch.uint8 and images.dim() == 4
             and images.shape[1] == preprocess.channels

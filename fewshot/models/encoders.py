@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import FewShotError
+from fewshot.errors import FewShotError
 
 __all__ = ["ENCODERS", "Encoder", "Conv4", "ResNet12", "build_encoder", "encoder_spec", "INIT_ONLY"]
 

@@ -1,10 +1,10 @@
-"""Watching a training run: callbacks that :func:`fewshot.train.train` calls after every epoch.
+"""Watching a training run: callbacks that :func:`fewshot.training.trainer.train` calls after every epoch.
 
 A callback is any object with ``on_epoch_end(row, metrics, out_dir)``: ``row`` is the epoch's
 metrics row (as appended to ``metrics.jsonl``), ``metrics`` every row so far, ``out_dir`` the run
 folder. Two ship here:
 
-- :class:`CurveWriter` redraws ``<out>/curves.png`` (:func:`fewshot.curves.plot_curves`) after
+- :class:`CurveWriter` redraws ``<out>/curves.png`` (:func:`fewshot.training.curves.plot_curves`) after
   each validation;
 - :class:`TensorBoardWriter` writes the same scalars, and the validation figure per shot with its
   95% CI as a margin chart, to ``<out>/tensorboard/`` through ``torch.utils.tensorboard`` (the
@@ -24,9 +24,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
-from .curves import CURVES_FILE, plot_curves
-from .errors import FewShotError
-from .figures import short_data_name
+from fewshot.errors import FewShotError
+from fewshot.figures import short_data_name
+from fewshot.training.curves import CURVES_FILE, plot_curves
 
 __all__ = ["Callback", "CurveWriter", "TensorBoardWriter", "monitors", "run_title", "TENSORBOARD_HINT"]
 
@@ -41,7 +41,7 @@ _TAGS = {"loss": "loss/total", "metric_loss": "loss/metric", "ce_loss": "loss/ce
 
 @runtime_checkable
 class Callback(Protocol):
-    """What :func:`fewshot.train.train` calls after every epoch (main process only)."""
+    """What :func:`fewshot.training.trainer.train` calls after every epoch (main process only)."""
 
     def on_epoch_end(self, row: dict, metrics: list[dict], out_dir: Path) -> None: ...
 

@@ -15,11 +15,10 @@ from pathlib import Path
 import torch
 
 from episodes.atomic import atomic_open
-
-from .encoders import INIT_ONLY, build_encoder
-from .errors import FewShotError
-from .faults import all_finite, nonfinite_names
-from .preprocess import Preprocess
+from fewshot.errors import FewShotError
+from fewshot.models.encoders import INIT_ONLY, build_encoder
+from fewshot.models.preprocess import Preprocess
+from fewshot.training.faults import all_finite, nonfinite_names
 
 __all__ = ["FORMAT", "save_checkpoint", "load_checkpoint", "load_encoder", "state_hash",
            "check_finite_checkpoint"]
@@ -131,6 +130,6 @@ def load_encoder(path_or_dict: str | os.PathLike | dict, device: str | torch.dev
         "config": dict(ckpt.get("config", {})),
         "epoch": ckpt.get("epoch"),
         "val_accuracy": ckpt.get("val_accuracy"),
-        "tta": ckpt.get("tta"),  # the recipe's test-time augmentation (fewshot.tta.checkpoint_tta)
+        "tta": ckpt.get("tta"),  # the recipe's test-time augmentation (fewshot.evaluation.tta.checkpoint_tta)
     }
     return model, info

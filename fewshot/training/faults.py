@@ -147,7 +147,7 @@ def save_interrupted(cur: dict, snapshot: StepSnapshot, book: Callable, finite: 
         print("fewshot train: interrupted; not saved: the weights are non-finite (try a lower --lr)",
               file=sys.stderr)
         return
-    from .checkpoint import save_checkpoint  # (checkpoint imports this module)
+    from fewshot.models.checkpoint import save_checkpoint  # (checkpoint imports this module)
     save_checkpoint(last_path, make_state(at))
     print(f"fewshot train: interrupted; state saved to {last_path} (epoch {at[0]}, step {at[1]}; "
           "continue with --resume)", file=sys.stderr)

@@ -39,8 +39,7 @@ from episodes.atomic import read_json
 from episodes.decode import IMAGE_EXTENSIONS, is_image_file
 from episodes.errors import DatasetError
 from episodes.imageset import ImageSet
-
-from .classifier import (
+from fewshot.adaptation.classifier import (
     HEAD_KINDS,
     FewShotClassifier,
     NeighbourState,
@@ -48,11 +47,11 @@ from .classifier import (
     RidgeState,
     read_images,
 )
-from .errors import FewShotError
-from .heads.ls import DEFAULT_GRID, loo_select
-from .inference import threads
-from .preprocess import Preprocess
-from .tta import resolve_tta
+from fewshot.errors import FewShotError
+from fewshot.evaluation.inference import threads
+from fewshot.evaluation.tta import resolve_tta
+from fewshot.heads.ls import DEFAULT_GRID, loo_select
+from fewshot.models.preprocess import Preprocess
 
 __all__ = ["adapt", "update", "AdaptReport", "list_support_folder", "head_from_results", "gcv_select",
            "fit_temperature"]
@@ -188,7 +187,7 @@ def _support_tensors(support, preprocess: Preprocess, *, labels=None, class_name
 def _load_encoder(encoder_or_checkpoint, preprocess: Preprocess | None, reference: bool, device: str
                   ) -> tuple[nn.Module, Preprocess, dict, dict]:
     """``(encoder, preprocess, info, source)``; ``source`` is what the classifier file stores."""
-    from .checkpoint import load_checkpoint, load_encoder
+    from fewshot.models.checkpoint import load_checkpoint, load_encoder
 
     if isinstance(encoder_or_checkpoint, nn.Module):
         if preprocess is None:
@@ -350,8 +349,8 @@ def adapt(encoder_or_checkpoint: str | os.PathLike | dict | nn.Module, support, 
         int8: predict with a static int8 encoder calibrated on the support images (CPU; opt-in,
             see :meth:`FewShotClassifier.quantize`). The head is fitted on float32 features.
         tta_views, tta_args: test-time augmentation of the support and of every later prediction;
-            default the checkpoint's recipe setting (:func:`fewshot.tta.resolve_tta`). The model file
-            records it.
+            default the checkpoint's recipe setting
+            (:func:`fewshot.evaluation.tta.resolve_tta`). The model file records it.
 
     The result's ``.report`` (:class:`AdaptReport`) holds per-class counts and the LOO estimate.
     """
@@ -381,7 +380,7 @@ def adapt(encoder_or_checkpoint: str | os.PathLike | dict | nn.Module, support, 
     clf = FewShotClassifier(encoder, preprocess, _placeholder(len(names)), names, transform=transform,
                             base_mean=info.get("base_mean"), source=source, tta=tta)
     z = clf.embed(images, batch_size=batch_size, progress=progress)
-    with threads(1):  # small dense linear algebra: see fewshot.inference.threads
+    with threads(1):  # small dense linear algebra: see fewshot.evaluation.inference.threads
         state = _fit_head(head, z, y, len(names), distance, lam)
         loo_correct, loo_total, temperature = _estimate(state, z, y)
     clf.head = state
@@ -421,7 +420,7 @@ def update(classifier: FewShotClassifier, more_support, *, lam: float | None = N
         raise FewShotError("no new support images to add")
     k = len(all_names)
     z = classifier.embed(images, batch_size=batch_size, progress=progress)
-    with threads(1):  # small dense linear algebra: see fewshot.inference.threads
+    with threads(1):  # small dense linear algebra: see fewshot.evaluation.inference.threads
         old = classifier.head
         old_n = len(old.labels) if isinstance(old, NeighbourState) else 0
         if isinstance(old, RidgeState):
