@@ -25,7 +25,8 @@ NEW_ALPHABETS = ["Japanese_(katakana)", "Sanskrit", "Tagalog"]
 
 
 def train_checkpoint(args: argparse.Namespace, out: Path) -> Path:
-    from fewshot.training.trainer import TrainConfig, load_recipe, train
+    from fewshot.training.config import TrainConfig, load_recipe
+    from fewshot.training.trainer import train
     data = load_data(f"omniglot:{args.data / 'images_background_small1.zip'}", image_size=28)
     try:
         load_recipe(args.recipe)

@@ -37,7 +37,7 @@ from fewshot.models.encoders import build_encoder
 from fewshot.models.losses import build_loss, build_miner
 from fewshot.models.preprocess import Preprocess
 from fewshot.training.augment import Augment
-from fewshot.training.trainer import load_recipe
+from fewshot.training.config import load_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = f"omniglot:{ROOT.parent / 'shared' / 'data' / 'omniglot' / 'images_background_small1.zip'}"

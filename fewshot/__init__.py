@@ -21,7 +21,8 @@ from fewshot.experiments.compare import CompareConfig, compare
 from fewshot.heads import get_head
 from fewshot.models.checkpoint import load_encoder
 from fewshot.models.encoders import build_encoder
-from fewshot.training.trainer import TrainConfig, TrainResult, train
+from fewshot.training.config import TrainConfig, TrainResult
+from fewshot.training.trainer import train
 
 __all__ = ["FewShotError", "load_data", "build_encoder", "load_encoder", "TrainConfig", "TrainResult",
            "train", "evaluate", "EvalResult", "get_head", "compare", "CompareConfig", "adapt", "update",

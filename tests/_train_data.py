@@ -31,7 +31,7 @@ def one_thread():
 
 def tiny_config(**kw):
     """A 2-epoch TrainConfig sized for tests (batch 16 of 4 per class, 3-way 1-shot validation)."""
-    from fewshot.training.trainer import TrainConfig
+    from fewshot.training.config import TrainConfig
     base = dict(epochs=2, batch_size=16, m=4, val_way=3, val_shots=[1], val_episodes=20, val_query=5,
                 val_fraction=0.3, lr=0.05)
     return TrainConfig(**{**base, **kw})

@@ -210,7 +210,8 @@ def test_summary_pairs_by_seed_and_episode_across_training_modes():
 def test_checkpoint_cells_are_scored_not_trained(tmp_path):
     """Trained encoders as a factor (e.g. one per source domain): scored on every set, paired per set."""
     from episodes import load_data
-    from fewshot.training.trainer import TrainConfig, train
+    from fewshot.training.config import TrainConfig
+    from fewshot.training.trainer import train
 
     data = load_data(TINY, "base")
     paths = []

@@ -9,7 +9,8 @@ import torch.multiprocessing as mp
 from _train_data import digits_set
 
 from fewshot.models.checkpoint import load_checkpoint, state_hash
-from fewshot.training.trainer import TrainConfig, train
+from fewshot.training.config import TrainConfig
+from fewshot.training.trainer import train
 
 
 def _free_port() -> int:

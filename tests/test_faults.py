@@ -24,7 +24,8 @@ from fewshot.errors import FewShotError
 from fewshot.models.checkpoint import load_checkpoint, load_encoder, save_checkpoint
 from fewshot.models.encoders import Encoder, build_encoder
 from fewshot.training.augment import Augment
-from fewshot.training.trainer import load_recipe, train
+from fewshot.training.config import load_recipe
+from fewshot.training.trainer import train
 
 STEPS = 5  # steps per epoch: 84 training images, batch 16
 TIMING = ("img_per_s", "epoch_time_s")
@@ -139,23 +140,33 @@ INTERRUPTS = [
 ]
 
 
+class _Notes:
+    """A callback that keeps the run's notes (``on_message``)."""
+
+    def __init__(self):
+        self.lines: list[str] = []
+
+    def on_message(self, text: str) -> None:
+        self.lines.append(text)
+
+
 @pytest.mark.parametrize("point,action,saved_at", INTERRUPTS,
                          ids=[f"{p}-{a.__name__.strip('_')}" for p, a, _ in INTERRUPTS])
-def test_interrupt_anywhere_in_a_step_resumes_bit_exact(sets, reference, tmp_path, monkeypatch, capsys,
+def test_interrupt_anywhere_in_a_step_resumes_bit_exact(sets, reference, tmp_path, monkeypatch,
                                                         point, action, saved_at):
-    run = tmp_path / "run"
+    run, notes = tmp_path / "run", _Notes()
     with monkeypatch.context() as mp:
         handle = _after(mp, point, STEPS + 3, action)  # step 2 (0-based) of epoch 2
         try:
             with pytest.raises(KeyboardInterrupt):
-                train(_cfg(), *sets, run, progress=False)
+                train(_cfg(), *sets, run, progress=False, callbacks=[notes])
         finally:
             if handle is not None:
                 handle.remove()
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
     saved = load_checkpoint(run / "last.pt")
     assert (saved["sampler"]["epoch"], saved["sampler"]["step"]) == saved_at
-    assert "interrupted" in capsys.readouterr().err
+    assert len(notes.lines) == 1 and notes.lines[0].startswith("interrupted")
     train(_cfg(resume="auto"), *sets, run, progress=False)
     _assert_same_run(reference, run)
 
@@ -387,7 +398,7 @@ def test_a_second_run_in_a_live_run_folder_is_refused(tmp_path):
         with pytest.raises(FewShotError, match="another run .* is writing to this folder"):
             with RunLock(run):
                 pass
-        from fewshot.training.trainer import TrainConfig
+        from fewshot.training.config import TrainConfig
         cfg = TrainConfig(epochs=1, batch_size=16, m=4, val_way=3, val_shots=[1], val_episodes=5,
                           device="cpu")
         with pytest.raises(FewShotError, match="another run"):

@@ -19,7 +19,7 @@ from episodes.errors import DatasetError
 from episodes.specs import load_data
 from fewshot.cli import main
 from fewshot.models.checkpoint import load_checkpoint
-from fewshot.training.trainer import TrainConfig, fill_placeholders
+from fewshot.training.config import TrainConfig, fill_placeholders
 
 MINI = SHARED_DATA / "miniimagenet"
 

@@ -20,9 +20,10 @@ from fewshot.evaluation.evaluate import EvalResult, build_heads, score_episodes
 from fewshot.figures import TITLE_MAX, compact_labels, short_data_name
 from fewshot.progress import LineProgress, progress, progress_mode
 from fewshot.training.curves import plot_curves, read_metrics, val_series
-from fewshot.training.episodic import EpisodicConfig, train_episodic
+from fewshot.training.episodic import EpisodicConfig
 from fewshot.training.monitor import TENSORBOARD_HINT, CurveWriter, TensorBoardWriter, monitors
-from fewshot.training.trainer import TrainConfig, train
+from fewshot.training.config import TrainConfig
+from fewshot.training.trainer import train
 
 OMNIGLOT_SPEC = ("omniglot:/home/someone/datasets/omniglot/images_background_small2.zip"
                  "?groups=Japanese_(katakana),Sanskrit,Tagalog (split novel)")
@@ -129,14 +130,15 @@ def test_curves_read_every_trainer_s_rows(monitored_run, tmp_path):
     epochs, acc, ci = series["3-way 1-shot"]
     assert list(epochs) == [1, 2] and np.allclose(acc, [r["val_3w1s"] for r in res.metrics])
     assert np.all(ci > 0)
-    cfg = EpisodicConfig(way=3, shot=1, query=2, episodes_per_step=1, steps_per_epoch=2, epochs=2, seed=0)
+    cfg = EpisodicConfig(way=3, shot=1, query=2, episodes_per_step=1, steps_per_epoch=2, epochs=2, seed=0,
+                         val_fraction=0.3).train_config()
+    cfg.val_way = 3  # 3 held-out digit classes
     episodic = CurveWriter("episodic")
-    result = train_episodic(cfg, digits_set(), None, tmp_path / "episodic", progress=False,
-                            callbacks=[episodic])
+    result = train(cfg, digits_set(), None, tmp_path / "episodic", progress=False, callbacks=[episodic])
     assert episodic.path == tmp_path / "episodic" / "curves.png" and episodic.path.stat().st_size > 10_000
-    assert list(val_series(result.metrics)) == ["validation"]
+    assert list(val_series(result.metrics)) == ["3-way 1-shot"]
     assert result.metrics[0]["lr"] > result.metrics[-1]["lr"] >= 0          # the cosine schedule
-    assert all(r["val_accuracy_ci95"] > 0 for r in result.metrics)
+    assert all(r["val_3w1s_ci95"] > 0 for r in result.metrics)
     with pytest.raises(FewShotError, match="no epochs"):
         plot_curves([], tmp_path / "none.png")
     with pytest.raises(FewShotError, match="not a training run folder"):

@@ -10,17 +10,11 @@ from fewshot.errors import FewShotError
 from fewshot.models.checkpoint import load_checkpoint, load_encoder
 from fewshot.models.preprocess import Preprocess
 from fewshot.training.augment import Augment
-from fewshot.training.trainer import (
-    RECIPES,
-    TrainConfig,
-    embed_images,
-    embed_tta,
-    load_recipe,
-    mirror_classes,
-    rotate_classes,
-    synthetic_classes,
-    train,
-)
+from fewshot.evaluation.features import embed
+from fewshot.evaluation.tta import TTA
+from fewshot.training.classes import mirror_classes, rotate_classes, synthetic_classes
+from fewshot.training.config import RECIPES, TrainConfig, load_recipe
+from fewshot.training.trainer import train
 
 _cfg = tiny_config
 
@@ -232,13 +226,12 @@ def test_validation_tta_is_seeded_and_reported_beside_the_plain_figure(tmp_path)
     assert {"val_3w1s", "val_3w1s_plain", "val_3w1s_plain_ci95"} <= set(row)
     assert row["val_accuracy"] == row["val_3w1s"] == res.val_accuracy
     model, info = load_encoder(res.best_path)
-    pre, cpu = info["preprocess"], torch.device("cpu")
-    plain = embed_images(model, val.images, pre, cpu)
-    one = embed_tta(model, val.images, pre, cpu, 1)
-    assert torch.allclose(one, torch.nn.functional.normalize(plain, dim=-1), atol=1e-6)
-    a = embed_tta(model, val.images, pre, cpu, 3, seed=1)
-    assert torch.equal(a, embed_tta(model, val.images, pre, cpu, 3, seed=1))
-    assert not torch.allclose(a, one) and a.shape == plain.shape
+    assert info["tta"] == TTA(4, {**info["tta"]["augment"]}, 0, True).to_dict()  # what validation used
+    pre = info["preprocess"]
+    plain = embed(model, val.images, pre, device="cpu", progress=False)
+    a = embed(model, val.images, pre, device="cpu", progress=False, tta=TTA(3, seed=1))
+    assert torch.equal(a, embed(model, val.images, pre, device="cpu", progress=False, tta=TTA(3, seed=1)))
+    assert not torch.allclose(a, plain) and a.shape == plain.shape
     with pytest.raises(FewShotError, match="val-tta"):
         train(_cfg(val_tta=0), data, val, tmp_path / "bad", progress=False)
 

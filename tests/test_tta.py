@@ -21,7 +21,6 @@ from fewshot.evaluation.tta import PHOTO_AUGMENT, TTA, checkpoint_tta, resolve_t
 from fewshot.models.checkpoint import save_checkpoint
 from fewshot.models.encoders import build_encoder, encoder_spec
 from fewshot.models.preprocess import Preprocess
-from fewshot.training.trainer import embed_tta
 
 
 def _model():
@@ -73,8 +72,6 @@ def test_views_are_seeded_and_each_image_is_embedded_on_its_own(digits):
     torch.testing.assert_close(alone, a[:3], atol=1e-6, rtol=1e-5)
     other = embed(model, x, pre, device="cpu", progress=False, tta=TTA(5, seed=2), batch_size=5)
     assert not torch.allclose(other, a)
-    # training validation goes through the same path
-    torch.testing.assert_close(embed_tta(model, x, pre, torch.device("cpu"), 5, seed=1), a)
 
 
 def test_tta_settings_are_checked_in_one_line():

@@ -1,10 +1,9 @@
-"""``fewshot train``: metric-train an encoder on base classes, validate episodically, write a run folder."""
+"""``fewshot train``: train an encoder on base classes, validate episodically, write a run folder."""
 
 from __future__ import annotations
 
 import argparse
 import sys
-import warnings
 
 from episodes.atomic import ensure_writable_dir
 from fewshot.commands.argtypes import key_value
@@ -36,6 +35,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     m.add_argument("--download", action="store_true", default=None,
                    help="download ImageNet weights for torchvision ResNets")
     o = p.add_argument_group("objective")
+    o.add_argument("--objective", choices=("metric", "protonet", "r2d2"), default=None,
+                   help="metric (loss + miner + cross-entropy, default), or episodic protonet / r2d2")
     o.add_argument("--loss", default=None, help="circle (default), contrastive, triplet, multisimilarity, "
                    "ntxent, supcon, arcface, proxyanchor")
     o.add_argument("--loss-arg", action="append", type=key_value, default=None, metavar="K=V",
@@ -57,7 +58,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     s.add_argument("--augment-arg", action="append", type=key_value, default=None, metavar="K=V",
                    help="augmentation option, e.g. mode=crop, degrees=15, flip=true, elastic=0.03")
     t = p.add_argument_group("optimisation")
-    t.add_argument("--optimizer", choices=("sgd", "adamw"), default=None)
+    t.add_argument("--optimizer", choices=("sgd", "adamw", "adam"), default=None)
     t.add_argument("--lr", type=float, default=None)
     t.add_argument("--weight-decay", type=float, default=None)
     t.add_argument("--epochs", type=int, default=None)
@@ -80,12 +81,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def build_config(args: argparse.Namespace):
-    from fewshot.training.trainer import TrainConfig
+    from fewshot.training.config import TrainConfig
     overrides = {
         "data": args.data, "split": args.split, "val": args.val, "out": args.out,
         "encoder": args.encoder, "embedding_dim": args.embedding_dim, "image_size": args.image_size,
-        "channels": args.channels, "download": args.download, "loss": args.loss, "miner": args.miner,
-        "distance": args.distance, "w_metric": args.w_metric, "w_ce": args.w_ce,
+        "channels": args.channels, "download": args.download, "objective": args.objective, "loss": args.loss,
+        "miner": args.miner, "distance": args.distance, "w_metric": args.w_metric, "w_ce": args.w_ce,
         "label_smoothing": args.label_smoothing, "sampler": args.sampler, "m": args.m,
         "batch_size": args.batch_size, "rotate_classes": args.rotate_classes,
         "mirror_classes": args.mirror_classes, "optimizer": args.optimizer,
@@ -104,43 +105,26 @@ def build_config(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    import episodes
-    from fewshot.training.trainer import check_config, fill_placeholders, train
+    from fewshot.training.config import check_config
+    from fewshot.training.data import load_training_data, load_validation
+    from fewshot.training.monitor import ProgressPrinter, monitors, run_title
+    from fewshot.training.trainer import train
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = build_config(args)
     check_config(cfg)
     ensure_writable_dir(cfg.out, error=FewShotError)
-    if not hasattr(episodes, "load_data"):
-        raise FewShotError("episodes.load_data is not available in this installation")
-    load = episodes.load_data
-    split = cfg.split = episodes.specs.training_split(cfg.data, cfg.split)
-    data = load(cfg.data, split, image_size=cfg.image_size, channels=cfg.channels)
-    val = None
-    if cfg.val:
-        spec = fill_placeholders(cfg.val, cfg.data)
-        explicit = args.val is not None
-        try:
-            val = load(spec, args.val_split if explicit else None, image_size=data.image_size,
-                       channels=data.channels)
-        except episodes.DatasetError as exc:
-            if explicit:
-                raise
-            warnings.warn(f"recipe validation data unavailable ({exc}); holding out base classes instead",
-                          stacklevel=1)
-            cfg.val_within_group = False if data.groups is None else cfg.val_within_group
-            val = None
-        else:
-            cfg.val = spec
+    data = load_training_data(cfg)
+    val = load_validation(cfg, data, split=args.val_split if args.val is not None else None,
+                          required=args.val is not None)
     print(f"fewshot train: {data.describe()}", file=sys.stderr)
     if val is not None:
         print(f"fewshot train: validation {val.describe()}", file=sys.stderr)
-    from fewshot.training.monitor import monitors, run_title
-
     title = run_title(cfg.encoder, data.name, val.name if val is not None else None)
+    printer = ProgressPrinter(bars=not args.quiet, epochs=not args.quiet)  # notes (Ctrl-C) even if quiet
     with monitors(cfg.out, title=title, tensorboard=cfg.tensorboard, config=cfg.to_dict(),
                   announce=not args.quiet) as callbacks:
-        result = train(cfg, data, val, cfg.out, progress=not args.quiet, callbacks=callbacks)
+        result = train(cfg, data, val, cfg.out, progress=False, callbacks=[printer, *callbacks])
     last = result.metrics[-1] if result.metrics else {}
     print(f"run: {result.out_dir}")
     if result.held_out_classes is not None:

@@ -26,11 +26,11 @@ import torch
 from episodes.imageset import ImageSet
 from episodes.manifest import load_manifest
 from episodes.sampling import Episodes, EpisodeSpec, sample_episodes
+from fewshot.device import pick_device
 from fewshot.errors import FewShotError
 from fewshot.evaluation import stats
 from fewshot.evaluation.features import (
     _load_encoder,
-    best_device,
     check_finite,
     default_transform,
     embed_cached,
@@ -337,7 +337,7 @@ def evaluate(checkpoint: str | os.PathLike | tuple[torch.nn.Module, dict], data:
     ``retrieval``: also precision@1, R-precision and MAP@R of leave-one-out retrieval over all images
     (:mod:`fewshot.evaluation.retrieval`, under the checkpoint's training distance) when every class has >= 2.
     """
-    dev = best_device(device)
+    dev = pick_device(device)
     model, info = _load_encoder(checkpoint, dev)
     distance = check_distance(distance or info.get("distance") or "euclidean")
     kind = transform or default_transform(distance)

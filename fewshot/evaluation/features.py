@@ -20,22 +20,12 @@ import torch
 
 from episodes.atomic import atomic_open
 from episodes.imageset import ImageSet
+from fewshot.device import pick_device
 from fewshot.errors import FewShotError
 from fewshot.evaluation.tta import TTA, images_per_pass
 
 TRANSFORMS = ("none", "l2", "cl2n")
 CACHE_VERSION = 1
-
-
-def best_device(device: str | torch.device | None = None) -> torch.device:
-    """``device`` if given, else CUDA, else MPS, else CPU."""
-    if device is not None:
-        return torch.device(device)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
 
 
 def _default_preprocess(x: torch.Tensor) -> torch.Tensor:
@@ -98,7 +88,7 @@ def embed_tensor(model: torch.nn.Module, x_all: torch.Tensor, preprocess: Callab
     """:func:`embed` of a uint8 or [0, 1] float tensor ``[N, C, H, W]``, without the checks."""
     if batch_size < 1:
         raise FewShotError(f"batch size must be positive, got {batch_size}")
-    dev = best_device(device)
+    dev = pick_device(device)
     from fewshot.evaluation.inference import inference_model, prepare_input
 
     fast = inference_model(model, dev)
@@ -219,7 +209,7 @@ def embed_cached(checkpoint: str | os.PathLike | tuple[torch.nn.Module, dict], i
     ``weights_only=True``. A corrupt cache file is recomputed, and a cache folder that cannot be
     written is skipped, each with a warning.
     """
-    dev = best_device(device)
+    dev = pick_device(device)
     model, info = _load_encoder(checkpoint, dev)
     preprocess = info.get("preprocess")
     key = feature_cache_key(str(info.get("hash", "")), imageset, preprocess, tta)

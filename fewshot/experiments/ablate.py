@@ -4,8 +4,8 @@ A grid (a TOML file or command-line flags, see :func:`load_grid`) crosses *train
 (``mode``, ``loss``, ``miner``, ``weights`` = (w_metric, w_ce), ``m``, ``embedding_dim``,
 ``encoder``, ``episodic_head``, ``epochs``, ``lr``, ``batch_size``) with *evaluation factors*
 (``head``, ``shot``, ``transform``), over several seeds. Each training cell is trained once per
-seed (metric learning through :func:`fewshot.training.trainer.train`, or episodically through
-:func:`fewshot.training.episodic.train_episodic`); every evaluation factor is then scored from that one
+seed by :func:`fewshot.training.trainer.train` (the metric objective, or ProtoNet / R2-D2 on episodes:
+:class:`fewshot.training.episodic.EpisodicConfig`); every evaluation factor is then scored from that one
 checkpoint, on fixed episodes: one manifest per evaluation set, saved in the output folder, so
 every cell of every seed sees the very same episodes and differences can be paired by seed and
 episode.
@@ -288,7 +288,7 @@ def grid_from_dict(doc: dict, *, source: str | None = None) -> Grid:
 
 def _default_recipe(spec: str) -> str | None:
     """TRAIN's recipe named after the data kind (``glyphs``, ``omniglot``, ...), as compare does."""
-    from fewshot.training.trainer import RECIPES
+    from fewshot.training.config import RECIPES
 
     kind = spec.split(":", 1)[0].split("?", 1)[0].lower()
     return kind if kind in RECIPES else None
@@ -344,7 +344,7 @@ def load_grid_data(grid: Grid):
 
 def metric_config(grid: Grid, factors: dict, seed: int):
     """TRAIN's ``TrainConfig`` for a metric cell: recipe, then fixed ``[train]`` settings, then factors."""
-    from fewshot.training.trainer import TrainConfig, load_recipe
+    from fewshot.training.config import TrainConfig, load_recipe
 
     cfg = dict(load_recipe(grid.recipe)) if grid.recipe else {}
     cfg.update(grid.train)
@@ -362,7 +362,8 @@ def metric_config(grid: Grid, factors: dict, seed: int):
 
 
 def episodic_config(grid: Grid, factors: dict, seed: int):
-    """:class:`EpisodicConfig` of an episodic cell: the recipe's encoder settings, ``[episodic]``, factors."""
+    """The ``TrainConfig`` of an episodic cell (:class:`EpisodicConfig`): the recipe's encoder settings,
+    ``[episodic]``, factors."""
     from fewshot.training.episodic import EpisodicConfig
 
     cfg: dict = {}
@@ -381,13 +382,13 @@ def episodic_config(grid: Grid, factors: dict, seed: int):
     cfg["seed"] = seed
     if grid.device:
         cfg["device"] = grid.device
-    return EpisodicConfig.from_dict(cfg)
+    return EpisodicConfig.from_dict(cfg).train_config()
 
 
 def load_recipe_safe(name: str | None) -> dict:
     if not name:
         return {}
-    from fewshot.training.trainer import load_recipe
+    from fewshot.training.config import load_recipe
 
     return load_recipe(name)
 
@@ -396,7 +397,7 @@ def validate_grid(grid: Grid) -> None:
     """Build every cell's training settings (every seed shares them) and every head of the grid,
     so a bad key or value anywhere fails in one line before the first cell trains, not after."""
     from fewshot.heads import get_head
-    from fewshot.training.trainer import check_config
+    from fewshot.training.config import check_config
 
     for cell in grid.cells():
         if "checkpoint" in cell.factors:  # a trained encoder scored as it is: nothing to build
@@ -416,15 +417,13 @@ def train_cell(grid: Grid, cell: TrainCell, seed: int, data, out_dir: Path, *, p
     """Train one cell for one seed; returns the checkpoint to score (``best.pt``, or the cell's own)."""
     if "checkpoint" in cell.factors:
         return Path(cell.factors["checkpoint"]).resolve()
+    from fewshot.training.trainer import train
+
     if cell.factors.get("mode", "metric") == "episodic":
-        from fewshot.training.episodic import train_episodic
-
         cfg = episodic_config(grid, cell.factors, seed)
-        result = train_episodic(cfg, data, None, out_dir, progress=progress)
     else:
-        from fewshot.training.trainer import train
-
-        result = train(metric_config(grid, cell.factors, seed), data, None, out_dir, progress=progress)
+        cfg = metric_config(grid, cell.factors, seed)
+    result = train(cfg, data, None, out_dir, progress=progress)
     from fewshot.training.curves import CURVES_FILE, plot_curves
 
     plot_curves(result.metrics, out_dir / CURVES_FILE, title=f"{grid.name}: {cell.label()}, seed {seed}")

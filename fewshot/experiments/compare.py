@@ -88,7 +88,7 @@ class CompareConfig:
 
     def resolved(self) -> CompareConfig:
         """Defaults filled in: splits, novel source and recipe."""
-        from fewshot.training.trainer import RECIPES
+        from fewshot.training.config import RECIPES
 
         c = CompareConfig(**asdict(self))
         c.split = training_split(c.data, c.split)
@@ -142,8 +142,9 @@ def compare(config: CompareConfig | None = None, *, progress: bool = True) -> Co
     from fewshot.evaluation.evaluate import build_heads, evaluate
     from fewshot.evaluation.report import write_report
     from fewshot.evaluation.tta import TTA, override_tta
+    from fewshot.training.config import TrainConfig, check_config, fill_placeholders
     from fewshot.training.monitor import monitors, run_title
-    from fewshot.training.trainer import TrainConfig, check_config, fill_placeholders, train
+    from fewshot.training.trainer import train
 
     t_start = time.perf_counter()
     cfg = (config or CompareConfig()).resolved()
@@ -173,7 +174,7 @@ def compare(config: CompareConfig | None = None, *, progress: bool = True) -> Co
                 raise
             warnings.warn(f"recipe validation data unavailable ({exc}); holding out base classes instead",
                           stacklevel=2)
-            train_cfg.val_within_group = False
+            train_cfg.val, train_cfg.val_within_group = None, False
         else:
             train_cfg.val = val_spec
             _say(f"validation {val.describe()}", progress)

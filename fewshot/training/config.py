@@ -1,4 +1,6 @@
-"""Settings of a training run: :class:`TrainConfig`, recipes (shipped TOML files) and their placeholders."""
+"""Settings of a training run: :class:`TrainConfig`, recipes (shipped TOML files) and their
+placeholders, :class:`TrainResult`, and the checks that fail a bad setting in one line before any
+data is loaded (:func:`check_config`) or before any step is taken (:func:`check_data`)."""
 
 from __future__ import annotations
 
@@ -10,18 +12,23 @@ from pathlib import Path
 
 import torch
 
+from episodes import ImageSet
 from fewshot.errors import FewShotError, check_option_types, from_options
+from fewshot.models.encoders import ENCODERS
+from fewshot.models.losses import LOSSES, MINERS
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
 
-__all__ = ["TrainConfig", "TrainResult", "load_recipe", "RECIPES", "fill_placeholders"]
+__all__ = ["TrainConfig", "TrainResult", "load_recipe", "RECIPES", "OBJECTIVES", "fill_placeholders",
+           "check_config", "check_data", "world_size"]
 
 RECIPE_DIR = Path(__file__).resolve().parent.parent / "recipes"
 RECIPES = sorted(p.stem for p in RECIPE_DIR.glob("*.toml"))
-OPTIMIZERS = ("sgd", "adamw")
+OBJECTIVES = ("metric", "protonet", "r2d2")
+OPTIMIZERS = ("sgd", "adamw", "adam")
 SAMPLERS = ("mperclass", "random")
 
 
@@ -41,7 +48,8 @@ class TrainConfig:
     image_size: int | None = None
     channels: int | None = None
     download: bool = False
-    # objective
+    # objective: metric (loss + miner + cross-entropy), or episodic protonet / r2d2
+    objective: str = "metric"
     loss: str = "circle"
     loss_args: dict = field(default_factory=dict)
     miner: str = "multisimilarity"
@@ -49,6 +57,13 @@ class TrainConfig:
     w_metric: float = 0.1
     w_ce: float = 1.0
     label_smoothing: float = 0.0
+    # episodic objectives: training episodes, the ridge penalty of r2d2
+    episode_way: int = 10
+    episode_shot: int = 5
+    episode_query: int = 5
+    episodes_per_step: int = 2
+    steps_per_epoch: int = 50
+    ridge_lambda: float = 1.0
     # data
     sampler: str = "mperclass"
     m: int = 4
@@ -111,7 +126,8 @@ class TrainConfig:
 
 @dataclass
 class TrainResult:
-    """What a run produced: checkpoint paths, the per-epoch metrics and the best validation accuracy."""
+    """What a run produced: the run folder, checkpoint paths, the per-epoch metrics and the best
+    validation accuracy (None without validation)."""
 
     out_dir: Path
     best_path: Path
@@ -162,3 +178,71 @@ def fill_placeholders(spec: str, data_spec: str) -> str:
     path = os.path.abspath(first) if first else os.getcwd()
     data_dir = os.path.dirname(path) if first else path
     return spec.replace("{data_path}", path).replace("{data_dir}", data_dir)
+
+
+def check_config(cfg: TrainConfig, world: int | None = None) -> None:
+    """Checks that need no data: names, positive sizes, batch divisibility. One-line FewShotError."""
+    world = world_size() if world is None else world
+    if isinstance(cfg.encoder, str) and cfg.encoder.lower() not in ENCODERS:
+        raise FewShotError(f"unknown encoder {cfg.encoder!r}; choose one of {', '.join(ENCODERS)}")
+    if isinstance(cfg.loss, str) and cfg.loss.lower() not in LOSSES:
+        raise FewShotError(f"unknown loss {cfg.loss!r}; choose one of {', '.join(LOSSES)}")
+    if isinstance(cfg.miner, str) and cfg.miner.lower() not in MINERS:
+        raise FewShotError(f"unknown miner {cfg.miner!r}; choose one of {', '.join(MINERS)}")
+    if cfg.distance not in ("cosine", "euclidean"):
+        raise FewShotError(f"unknown distance {cfg.distance!r}; choose cosine or euclidean")
+    if cfg.optimizer not in OPTIMIZERS:
+        raise FewShotError(f"unknown optimizer {cfg.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
+    if cfg.objective not in OBJECTIVES:
+        raise FewShotError(f"unknown objective {cfg.objective!r}; choose one of {', '.join(OBJECTIVES)}")
+    if cfg.sampler not in SAMPLERS:
+        raise FewShotError(f"unknown sampler {cfg.sampler!r}; choose one of {', '.join(SAMPLERS)}")
+    for name in ("batch_size", "m", "epochs", "val_every", "val_tta", "episode_way", "episode_shot",
+                 "episode_query", "episodes_per_step", "steps_per_epoch"):
+        if int(getattr(cfg, name)) < 1:
+            raise FewShotError(f"{name.replace('_', '-')} must be a positive integer, "
+                               f"got {getattr(cfg, name)}")
+    if int(cfg.seed) < 0:
+        raise FewShotError(f"seed must be a non-negative integer, got {cfg.seed}")
+    if int(cfg.val_tta_every) < 0:
+        raise FewShotError(f"val-tta-every must be >= 0 (0: only the last epoch), got {cfg.val_tta_every}")
+    if cfg.lr <= 0 or cfg.weight_decay < 0 or cfg.w_metric < 0 or cfg.w_ce < 0:
+        raise FewShotError("lr must be > 0; weight-decay, w-metric and w-ce must be >= 0")
+    if cfg.w_metric == 0 and cfg.w_ce == 0:
+        raise FewShotError("w-metric and w-ce are both 0: nothing to train")
+    if cfg.objective != "metric":
+        if cfg.episodes_per_step % world:
+            raise FewShotError(f"{cfg.episodes_per_step} episodes per step are not divisible by the {world} "
+                               "processes")
+    elif cfg.batch_size % world:
+        raise FewShotError(f"batch size {cfg.batch_size} is not divisible by the {world} processes")
+    elif cfg.sampler == "mperclass":
+        per_rank = cfg.batch_size // world
+        if per_rank % cfg.m:
+            raise FewShotError(f"batch size {cfg.batch_size} is not divisible by m={cfg.m}"
+                               + (f" per process ({per_rank} each)" if world > 1 else ""))
+    if not cfg.val_shots or min(int(s) for s in cfg.val_shots) < 1 or cfg.val_way < 2:
+        raise FewShotError(f"validation needs way >= 2 and shots >= 1, got {cfg.val_way} / {cfg.val_shots}")
+
+
+def check_data(cfg: TrainConfig, data: ImageSet, world: int) -> None:
+    """:func:`check_config`, then what the training set must hold for the batches asked for."""
+    check_config(cfg, world)
+    if cfg.objective != "metric":
+        return
+    if cfg.sampler == "mperclass":
+        counts = data.class_counts()
+        smallest = int(counts.argmin())
+        if cfg.m > counts[smallest]:
+            raise FewShotError(f"m={cfg.m} is larger than the smallest class "
+                               f"({data.class_names[smallest]!r} has {counts[smallest]} images)")
+        if cfg.batch_size // cfg.m > data.num_classes:
+            raise FewShotError(f"batch size {cfg.batch_size} with m={cfg.m} needs {cfg.batch_size // cfg.m} "
+                               f"classes per batch; the training set has {data.num_classes}")
+    if len(data) < cfg.batch_size:
+        raise FewShotError(f"batch size {cfg.batch_size} exceeds the {len(data)} training images")
+
+
+def world_size() -> int:
+    """The number of processes of this run (``WORLD_SIZE`` under torchrun, else 1)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))

@@ -1,47 +1,44 @@
 """Episodic training: a few-shot head used as a differentiable layer on sampled episodes.
 
-``mode="episodic"`` of ``fewshot ablate`` and the alternative to metric training: each step draws
-N-way K-shot episodes from the base classes with :func:`episodes.sample_episodes`, embeds support
-and query images with the encoder, fits a head on the support embeddings *inside the graph* and
-takes the cross-entropy of the query logits. With the ``proto`` head this is Prototypical
-Networks (Snell et al. 2017); with the ``ls`` head (closed-form ridge regression) it is R2-D2
-(Bertinetto et al. 2019). A learnable logit scale (and, for ``ls``, a learnable bias) is trained
-with the encoder, as both papers do.
+Each step draws N-way K-shot episodes from the base classes with :func:`episodes.sample_episodes`,
+embeds support and query images with the encoder, fits a head on the support embeddings *inside
+the graph* and takes the cross-entropy of the query logits. With the ``proto`` head this is
+Prototypical Networks (Snell et al. 2017, ``objective = "protonet"``); with the ``ls`` head
+(closed-form ridge regression) it is R2-D2 (Bertinetto et al. 2019, ``objective = "r2d2"``). A
+learnable logit scale (and, for ``ls``, a learnable bias) is trained with the encoder, as both
+papers do.
 
-The encoder, augmentation, preprocessing and checkpoint format are TRAIN's, so the checkpoint is
-evaluated, adapted and compared exactly like a metric-trained one.
+:class:`EpisodicObjective` is one of the objectives of the one trainer
+(:class:`fewshot.training.trainer.Trainer`), so episodic runs share its resume, torchrun, mixed
+precision, validation and checkpoints, and their checkpoints are evaluated, adapted and compared
+exactly like metric-trained ones. :class:`EpisodicConfig` is the vocabulary of the ``[episodic]``
+table of an ablation grid; :meth:`EpisodicConfig.train_config` turns it into a
+:class:`~fewshot.training.config.TrainConfig`.
 """
 
 from __future__ import annotations
 
 import math
-import time
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from episodes import EpisodeSpec, ImageSet, sample_episodes
 from fewshot.errors import FewShotError, from_options
-from fewshot.models.checkpoint import save_checkpoint, state_hash
-from fewshot.models.encoders import build_encoder, encoder_spec
-from fewshot.models.preprocess import Preprocess
-from fewshot.progress import progress as progress_bar
-from fewshot.training.augment import Augment
-from fewshot.training.trainer import resolve_device
+from fewshot.training.config import TrainConfig
+from fewshot.training.objectives import Objective, derive_seed
 
-__all__ = ["EPISODIC_HEADS", "EpisodicConfig", "EpisodicResult", "EpisodicHead", "train_episodic"]
+__all__ = ["EPISODIC_HEADS", "EpisodicConfig", "EpisodicHead", "EpisodicObjective", "EpisodeBatches"]
 
 EPISODIC_HEADS = ("proto", "ls")
+HEAD_OF = {"protonet": "proto", "r2d2": "ls"}
 
 
 @dataclass
 class EpisodicConfig:
-    """Every setting of an episodic training run (the ``[train]`` table of an ablation cell).
+    """The settings of an episodic run in the words of an ablation grid's ``[episodic]`` table.
 
     Attributes:
         encoder: encoder name (``conv4``, ``resnet12``, ...), as in
@@ -58,7 +55,7 @@ class EpisodicConfig:
         augment: options of :class:`fewshot.training.augment.Augment` (``{"mode": "none"}`` disables it).
         image_size, channels: network input; ``None`` keeps the data's.
         val_fraction: share of the base classes held out for validation when no ``val`` set is given
-            (the same seeded split as TRAIN's ``train``; 0 trains on all classes, keeps the last epoch).
+            (the same seeded split as metric training; 0 trains on all classes, keeps the last epoch).
         seed, device: reproducibility and placement (``auto``: CUDA when available, else CPU).
     """
 
@@ -104,6 +101,20 @@ class EpisodicConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def train_config(self) -> TrainConfig:
+        """The one trainer's settings for this run: objective ``protonet`` (``proto``) or ``r2d2``
+        (``ls``), no warm-up, and validation on 300 fixed 5-way ``shot``-shot episodes."""
+        return TrainConfig(
+            objective={v: k for k, v in HEAD_OF.items()}[self.head], encoder=self.encoder,
+            encoder_args=dict(self.encoder_kwargs), embedding_dim=self.embedding_dim, distance=self.distance,
+            ridge_lambda=float(self.ridge_lambda), episode_way=self.way, episode_shot=self.shot,
+            episode_query=self.query, episodes_per_step=self.episodes_per_step,
+            steps_per_epoch=self.steps_per_epoch, epochs=self.epochs, lr=self.lr,
+            weight_decay=self.weight_decay, optimizer=self.optimizer, momentum=0.9, warmup_epochs=0.0,
+            augment=dict(self.augment), image_size=self.image_size, channels=self.channels,
+            val_fraction=self.val_fraction, val_way=5, val_shots=[self.shot], val_query=15,
+            val_episodes=300, seed=self.seed, device=self.device)
+
 
 class EpisodicHead(nn.Module):
     """A head as a differentiable layer with a learnable logit scale (and bias for ``ls``).
@@ -138,186 +149,77 @@ class EpisodicHead(nn.Module):
 
 
 def _ridge_head(lam: float):
-    """EVAL's ``ls`` head at a fixed ridge penalty (R2-D2 trains through the closed form)."""
+    """The evaluation ``ls`` head at a fixed ridge penalty (R2-D2 trains through the closed form)."""
     from fewshot.heads import get_head
 
     return get_head("ls", lam=float(lam))
 
 
-@dataclass
-class EpisodicResult:
-    """What :func:`train_episodic` produced (the same fields as TRAIN's ``TrainResult``)."""
+class EpisodeBatches:
+    """The training episodes of one epoch, ``episodes_per_step`` per step, drawn from (seed, epoch)
+    only, so every process and every resume sees the same ones."""
 
-    best_path: Path
-    last_path: Path
-    metrics: list[dict]
-    val_accuracy: float | None
-    seconds: float = 0.0
-    held_out_classes: list | None = None
+    def __init__(self, data: ImageSet, spec: EpisodeSpec, per_step: int, steps: int, seed: int,
+                 device: torch.device):
+        if spec.way > data.num_classes:
+            raise FewShotError(f"episodic training asks for {spec.way}-way episodes but the training set "
+                               f"has {data.num_classes} classes", data.name or None)
+        self.data, self.spec, self.per_step, self.steps, self.seed = data, spec, per_step, steps, seed
+        self.device = device
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def epoch(self, epoch: int) -> _EpisodeEpoch:
+        eps = sample_episodes(self.data, self.spec, self.steps * self.per_step,
+                              seed=derive_seed(self.seed, epoch, 1), drop_small=True)
+        return _EpisodeEpoch(eps, self.per_step, self.device)
 
 
-def _episode_batches(data: ImageSet, spec: EpisodeSpec, count: int, seed: int):
-    return sample_episodes(data, spec, count, seed=seed, drop_small=True)
+class _EpisodeEpoch:
+    def __init__(self, eps, per_step: int, device: torch.device):
+        self.eps, self.per_step, self.device = eps, per_step, device
+
+    def batch(self, step: int, rank: int, world: int) -> tuple[torch.Tensor, tuple]:
+        """This process's episodes of ``step``: all support images, then all query images."""
+        per_rank = self.per_step // world
+        start = step * self.per_step + rank * per_rank
+        eps = self.eps[start:start + per_rank]
+        sy, qy = eps.labels()
+        idx = torch.cat([eps.support.reshape(-1), eps.query.reshape(-1)])
+        return idx, (sy.to(self.device), qy.to(self.device), eps.support.numel())
 
 
-def train_episodic(config: EpisodicConfig | dict, data: ImageSet, val: ImageSet | None, out_dir,
-                   *, progress: bool = True, callbacks: Sequence = ()) -> EpisodicResult:
-    """Train an encoder episodically on ``data`` (base classes); checkpoints in ``out_dir``.
+class EpisodicObjective(Objective):
+    """Cross-entropy of query logits from a head fitted on the support embeddings (in the graph).
 
-    ``val`` (class-disjoint from ``data``; without it a seeded ``val_fraction`` of the base classes is
-    held out, as TRAIN does) is scored each epoch on fixed 5-way ``shot``-shot episodes with the
-    training head; the best epoch is kept as ``best.pt``. ``callbacks``: as TRAIN's
-    (``on_epoch_end(row, metrics, out_dir)`` after every epoch, e.g.
-    :class:`fewshot.training.monitor.CurveWriter`).
-    Same seed, same result (on CPU).
+    Validation scores fixed episodes with the same head (its scale and bias do not change the
+    argmax). The checkpoint records the head's distance: ``distance`` for ProtoNet, euclidean for
+    R2-D2.
     """
-    cfg = config if isinstance(config, EpisodicConfig) else EpisodicConfig.from_dict(dict(config))
-    held_out = None
-    if val is None and cfg.val_fraction > 0:
-        data, val = data.split_classes(cfg.val_fraction, seed=cfg.seed)
-        held_out = list(val.class_names)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(cfg.seed)
-    device = resolve_device(cfg.device)
-    channels = cfg.channels or data.channels
-    size = cfg.image_size or data.image_size[0]
-    preprocess = Preprocess.fit(data.images, image_size=size, channels=channels)
-    if cfg.way > data.num_classes:
-        raise FewShotError(f"episodic training asks for {cfg.way}-way episodes but the training set "
-                           f"has {data.num_classes} classes", data.name or None)
-    enc_kwargs = dict(cfg.encoder_kwargs)
-    if cfg.encoder == "conv4":
-        enc_kwargs.setdefault("image_size", preprocess.image_size[0])
-    model = build_encoder(cfg.encoder, in_channels=channels, num_classes=data.num_classes,
-                          embedding_dim=cfg.embedding_dim, **enc_kwargs).to(device)
-    head = EpisodicHead(cfg.head, cfg.distance, cfg.ridge_lambda).to(device)
-    params = list(model.parameters()) + list(head.parameters())
-    if cfg.optimizer == "adam":
-        opt: torch.optim.Optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    else:
-        opt = torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay, nesterov=True)
-    total = cfg.epochs * cfg.steps_per_epoch
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda t: 0.5 * (1 + math.cos(math.pi * min(t, total) / total)))
-    augment = Augment.from_dict(cfg.augment)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    spec = EpisodeSpec(cfg.way, cfg.shot, cfg.query)
-    val_eps = None
-    if val is not None:   # 5-way episodes, up to 15 queries per class (fewer if the classes are small)
-        val_query = min(15, int(val.class_counts().max()) - cfg.shot)
-        if val_query >= 1 and val.num_classes >= 2:
-            val_eps = sample_episodes(val, EpisodeSpec(min(5, val.num_classes), cfg.shot, val_query), 300,
-                                      seed=cfg.seed + 7919, drop_small=True)
 
-    def forward_episodes(eps) -> tuple[torch.Tensor, torch.Tensor]:
-        s, sy, q, qy = eps.gather(data.images)                         # uint8 [E,S,C,H,W] ...
-        e, ns, nq = s.shape[0], s.shape[1], q.shape[1]
-        x = torch.cat([s.reshape(e * ns, *s.shape[2:]), q.reshape(e * nq, *q.shape[2:])]).to(device)
-        x = preprocess.to_unit(x)
-        if augment.geometric:
-            x = augment(x, gen)
-        emb, _ = model(preprocess.normalize(x))
-        emb_s = emb[: e * ns].view(e, ns, -1)
-        emb_q = emb[e * ns:].view(e, nq, -1)
-        logits = head(emb_s, sy.to(device), emb_q, eps.spec.way)
-        return logits, qy.to(device)
+    kind = "episodes"
 
-    metrics: list[dict] = []
-    best_acc, best_state = -1.0, None
-    start = time.perf_counter()
-    bar = progress_bar(total=total, desc=f"episodic {cfg.head}", unit="step", disable=not progress)
-    for epoch in range(cfg.epochs):
-        model.train()
-        head.train()
-        eps = _episode_batches(data, spec, cfg.steps_per_epoch * cfg.episodes_per_step,
-                               seed=cfg.seed * 100003 + epoch)
-        losses, accs = [], []
-        for step in range(cfg.steps_per_epoch):
-            batch = eps[step * cfg.episodes_per_step:(step + 1) * cfg.episodes_per_step]
-            logits, qy = forward_episodes(batch)
-            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), qy.reshape(-1))
-            if not torch.isfinite(loss):
-                raise FewShotError(f"episodic training diverged (loss {loss.item()}) at epoch {epoch + 1}; "
-                                   "lower the learning rate")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            losses.append(loss.item())
-            accs.append((logits.argmax(-1) == qy).float().mean().item())
-            bar.update(1)
-            bar.set_postfix(loss=f"{np.mean(losses[-10:]):.3f}")
-        record = {"epoch": epoch + 1, "loss": float(np.mean(losses)), "train_accuracy": float(np.mean(accs)),
-                  "first_loss": float(losses[0]), "last_loss": float(np.mean(losses[-5:])),
-                  "lr": float(opt.param_groups[0]["lr"])}
-        if val_eps is not None:
-            acc = _val_accuracy(model, head, val, val_eps, preprocess, device)
-            record["val_accuracy"] = float(acc.mean())
-            record["val_accuracy_ci95"] = float(1.96 * acc.std() / math.sqrt(len(acc)))
-        metrics.append(record)
-        for callback in callbacks:
-            callback.on_epoch_end(record, metrics, out)
-        score = record.get("val_accuracy", epoch)   # no validation: the last epoch is the best
-        if score >= best_acc:
-            best_acc = score
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    bar.close()
-    seconds = time.perf_counter() - start
+    def __init__(self, cfg: TrainConfig):
+        super().__init__()
+        head = HEAD_OF[cfg.objective]
+        self.head = EpisodicHead(head, cfg.distance, cfg.ridge_lambda)
+        self.distance = cfg.distance if head == "proto" else "euclidean"
+        self.spec = EpisodeSpec(cfg.episode_way, cfg.episode_shot, cfg.episode_query)
+        self.per_step, self.steps, self.seed = cfg.episodes_per_step, cfg.steps_per_epoch, cfg.seed
 
-    base_mean = _base_mean(model, data, preprocess, device)
-    extra = {"mode": "episodic", "episodic": cfg.to_dict(), "metrics": metrics,
-             "logit_scale": float(head.log_scale.detach().exp())}
-    last_val = metrics[-1].get("val_accuracy")
-    last_path = _save(out / "last.pt", model, preprocess, data, cfg, base_mean, extra, cfg.epochs, last_val)
-    best_epoch, val_acc = cfg.epochs, last_val
-    if val_eps is not None:
-        best_epoch = max(range(len(metrics)), key=lambda i: (metrics[i]["val_accuracy"], i)) + 1
-        val_acc = metrics[best_epoch - 1]["val_accuracy"]
-        if best_epoch != cfg.epochs:
-            model.load_state_dict(best_state)
-            base_mean = _base_mean(model, data, preprocess, device)
-    best_path = _save(out / "best.pt", model, preprocess, data, cfg, base_mean, extra, best_epoch, val_acc)
-    return EpisodicResult(best_path, last_path, metrics, val_acc, seconds, held_out)
+    def schedule(self, data: ImageSet, world: int, device: torch.device) -> EpisodeBatches:
+        return EpisodeBatches(data, self.spec, self.per_step, self.steps, self.seed, device)
 
+    def forward(self, emb: torch.Tensor, logits: torch.Tensor, target: tuple) -> tuple:
+        sy, qy, n_support = target
+        e, d = sy.shape[0], emb.shape[-1]
+        out = self.head(emb[:n_support].view(e, -1, d), sy, emb[n_support:].view(e, -1, d), self.spec.way)
+        # the base-class logits take no part, but every parameter must reach the loss (DDP)
+        loss = F.cross_entropy(out.reshape(-1, out.shape[-1]), qy.reshape(-1)) + 0.0 * logits.sum()
+        return loss, {}, (out.detach().argmax(-1) == qy).sum(), int(qy.numel())
 
-def _embed(model: nn.Module, images: torch.Tensor, preprocess: Preprocess, device) -> torch.Tensor:
-    """Embeddings on ``device`` through the toolkit's one embedding path
-    (:func:`fewshot.evaluation.features.embed`)."""
-    from fewshot.evaluation.features import embed
-
-    return embed(model, images, preprocess, device=device, progress=False).to(device)
-
-
-@torch.no_grad()
-def _val_accuracy(model: nn.Module, head: EpisodicHead, val: ImageSet, eps, preprocess: Preprocess,
-                  device) -> torch.Tensor:
-    """Per-episode accuracy ``[E]`` of the training head on fixed validation episodes (val images
-    embedded once)."""
-    model.eval()
-    head.eval()
-    s, sy, q, qy = eps.gather(_embed(model, val.images, preprocess, device))
-    logits = head(s, sy, q, eps.spec.way)
-    model.train()
-    head.train()
-    return (logits.argmax(-1) == qy).float().mean(1).cpu()
-
-
-@torch.no_grad()
-def _base_mean(model: nn.Module, data: ImageSet, preprocess: Preprocess, device) -> torch.Tensor:
-    """Mean embedding of the base images (for the ``cl2n`` transform), on at most ~2,000 of them."""
-    model.eval()
-    step = max(1, len(data) // 2000)
-    return _embed(model, data.images[::step], preprocess, device).mean(0).cpu()
-
-
-def _save(path: Path, model: nn.Module, preprocess: Preprocess, data: ImageSet, cfg: EpisodicConfig,
-          base_mean: torch.Tensor, extra: dict, epoch: int, val_accuracy: float | None) -> Path:
-    """A checkpoint in TRAIN's format, so ``load_encoder`` / ``evaluate`` read it unchanged."""
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    obj = {"encoder": encoder_spec(model), "model": state, "hash": state_hash(state),
-           "preprocess": preprocess.to_dict(),
-           "distance": cfg.distance if cfg.head == "proto" else "euclidean",
-           "base_classes": list(data.class_names), "base_mean": base_mean.float(),
-           "config": extra, "epoch": epoch, "val_accuracy": val_accuracy}
-    return save_checkpoint(path, obj)
+    @torch.no_grad()
+    def score(self, features: torch.Tensor, episodes) -> torch.Tensor:
+        s, sy, q, qy = episodes.gather(features)
+        return (self.head(s, sy, q, episodes.spec.way).argmax(-1) == qy).float().mean(1)

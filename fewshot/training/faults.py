@@ -16,7 +16,6 @@
 from __future__ import annotations
 
 import signal
-import sys
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -118,8 +117,9 @@ def nonfinite_names(named: Mapping[str, object]) -> list[str]:
 
 
 def save_interrupted(cur: dict, snapshot: StepSnapshot, book: Callable, finite: Callable[[], bool],
-                      make_state: Callable[[tuple], dict], last_path: Path, saved: tuple | None) -> None:
-    """Save a consistent state after a KeyboardInterrupt, wherever in a step it landed.
+                      make_state: Callable[[tuple], dict], last_path: Path, saved: tuple | None) -> str:
+    """Save a consistent state after a KeyboardInterrupt, wherever in a step it landed; return a
+    one-line account of what was saved (for the run's callbacks).
 
     Before the optimizer update the step is rolled back (RNGs, batch-norm statistics) and redone
     on resume; after it the step is finished (scheduler, sums); inside it, or inside the epoch-end
@@ -136,18 +136,11 @@ def save_interrupted(cur: dict, snapshot: StepSnapshot, book: Callable, finite: 
         where = {"update": "inside the optimizer update", "commit": "while writing the epoch's files",
                  "final": "while writing the base means"}.get(phase, phase)
         keep = f"{saved[0]} (epoch {saved[1]}, step {saved[2]})" if saved else "no checkpoint"
-        print(f"fewshot train: interrupted {where}; nothing written, {keep} stays the state to --resume",
-              file=sys.stderr)
-        return
+        return f"interrupted {where}; nothing written, {keep} stays the state to resume from"
     if saved is not None and Path(saved[0]) == last_path and tuple(saved[1:]) == tuple(at):
-        print(f"fewshot train: interrupted; {last_path} holds this state (continue with --resume)",
-              file=sys.stderr)
-        return
+        return f"interrupted; {last_path} holds this state (resume to continue)"
     if not finite():
-        print("fewshot train: interrupted; not saved: the weights are non-finite (try a lower --lr)",
-              file=sys.stderr)
-        return
+        return "interrupted; not saved: the weights are non-finite (try a lower learning rate)"
     from fewshot.models.checkpoint import save_checkpoint  # (checkpoint imports this module)
     save_checkpoint(last_path, make_state(at))
-    print(f"fewshot train: interrupted; state saved to {last_path} (epoch {at[0]}, step {at[1]}; "
-          "continue with --resume)", file=sys.stderr)
+    return f"interrupted; state saved to {last_path} (epoch {at[0]}, step {at[1]}; resume to continue)"

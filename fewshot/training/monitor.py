@@ -1,16 +1,26 @@
-"""Watching a training run: callbacks that :func:`fewshot.training.trainer.train` calls after every epoch.
+"""Watching a training run: the callbacks of :class:`fewshot.training.trainer.Trainer`.
 
-A callback is any object with ``on_epoch_end(row, metrics, out_dir)``: ``row`` is the epoch's
-metrics row (as appended to ``metrics.jsonl``), ``metrics`` every row so far, ``out_dir`` the run
-folder. Two ship here:
+A callback is any object with some of these methods, called on the main process:
 
+- ``on_message(text)``: a one-line note of the run (held-out classes, where an interrupted run
+  was saved);
+- ``on_epoch_begin(epoch, epochs, steps, first_step)`` and ``on_step_end(step, logs)`` (``logs``:
+  the epoch's mean ``loss`` so far and ``img_per_s``);
+- ``on_epoch_end(row, metrics, out_dir)``: ``row`` is the epoch's metrics row (as appended to
+  ``metrics.jsonl``), ``metrics`` every row so far, ``out_dir`` the run folder.
+
+Three ship here:
+
+- :class:`ProgressPrinter` shows a progress bar per epoch (:func:`fewshot.progress.progress`), one
+  line per epoch and the notes, on stderr (``train(progress=True)`` adds it);
 - :class:`CurveWriter` redraws ``<out>/curves.png`` (:func:`fewshot.training.curves.plot_curves`) after
   each validation;
 - :class:`TensorBoardWriter` writes the same scalars, and the validation figure per shot with its
   95% CI as a margin chart, to ``<out>/tensorboard/`` through ``torch.utils.tensorboard`` (the
   optional ``tensorboard`` extra).
 
-:func:`monitors` builds the ones a run asks for and closes them when training ends.
+:func:`monitors` builds the curve and TensorBoard writers a run asks for and closes them when
+training ends.
 """
 
 from __future__ import annotations
@@ -22,13 +32,15 @@ import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import IO, Protocol, runtime_checkable
 
 from fewshot.errors import FewShotError
 from fewshot.figures import short_data_name
+from fewshot.progress import progress as progress_bar
 from fewshot.training.curves import CURVES_FILE, plot_curves
 
-__all__ = ["Callback", "CurveWriter", "TensorBoardWriter", "monitors", "run_title", "TENSORBOARD_HINT"]
+__all__ = ["Callback", "ProgressPrinter", "CurveWriter", "TensorBoardWriter", "monitors", "run_title",
+           "TENSORBOARD_HINT"]
 
 TENSORBOARD_HINT = 'TensorBoard logging needs the tensorboard package: pip install -e ".[tensorboard]"'
 _VAL_KEY = re.compile(r"^val_(\d+w\d+s)(_plain)?$")
@@ -41,9 +53,43 @@ _TAGS = {"loss": "loss/total", "metric_loss": "loss/metric", "ce_loss": "loss/ce
 
 @runtime_checkable
 class Callback(Protocol):
-    """What :func:`fewshot.training.trainer.train` calls after every epoch (main process only)."""
+    """What every callback has: the end-of-epoch hook (the other hooks are optional)."""
 
     def on_epoch_end(self, row: dict, metrics: list[dict], out_dir: Path) -> None: ...
+
+
+class ProgressPrinter:
+    """Progress on ``file`` (default stderr): a bar per epoch (``bars``), one line per epoch with
+    the row's figures (``epochs``), and every note of the run, each line starting with ``prefix``."""
+
+    def __init__(self, *, bars: bool = True, epochs: bool = True, prefix: str = "fewshot train",
+                 file: IO | None = None):
+        self.bars, self.epochs, self.prefix, self.file = bars, epochs, prefix, file
+        self.bar = None
+
+    def _print(self, text: str) -> None:
+        print(f"{self.prefix}: {text}", file=self.file if self.file is not None else sys.stderr, flush=True)
+
+    def on_message(self, text: str) -> None:
+        self._print(text)
+
+    def on_epoch_begin(self, epoch: int, epochs: int, steps: int, first_step: int) -> None:
+        if self.bars:
+            self.bar = progress_bar(total=steps, initial=first_step, unit="step",
+                                    desc=f"epoch {epoch + 1}/{epochs}", file=self.file)
+
+    def on_step_end(self, step: int, logs: dict) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix(loss=f"{logs['loss']:.3f}", img_s=f"{logs['img_per_s']:.0f}", refresh=False)
+            self.bar.update(1)
+
+    def on_epoch_end(self, row: dict, metrics: list[dict], out_dir: Path) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+        if self.epochs:
+            self._print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
+                                 for k, v in row.items() if not k.endswith("ci95") and k != "lr"))
 
 
 class CurveWriter:

@@ -24,8 +24,9 @@ from pathlib import Path
 from episodes.atomic import atomic_write_text
 from fewshot.errors import FewShotError
 from fewshot.models.checkpoint import load_checkpoint, save_checkpoint
+from fewshot.models.encoders import INIT_ONLY
 
-__all__ = ["commit_epoch", "write_metrics", "read_metrics", "reconcile"]
+__all__ = ["commit_epoch", "write_metrics", "read_metrics", "reconcile", "resume_point"]
 
 
 def write_metrics(path: str | os.PathLike, rows: list[dict]) -> None:
@@ -90,8 +91,9 @@ def reconcile(out_dir: Path, ckpt: dict) -> list[dict]:
         held = _identity(best_path)
         if held != (best["epoch"], best["hash"]):
             if best["hash"] != ckpt.get("hash"):
+                shown = "" if best.get("accuracy") is None else f", accuracy {best['accuracy']:.4f}"
                 raise FewShotError(
-                    f"does not hold the best epoch ({best['epoch']}, accuracy {best['accuracy']:.4f}) "
+                    f"does not hold the best epoch ({best['epoch']}{shown}) "
                     "that the resumed checkpoint records, and it cannot be rebuilt from it; restore it "
                     "or train afresh", best_path)
             save_checkpoint(best_path, {k: v for k, v in ckpt.items() if k != "format"})
@@ -107,3 +109,26 @@ def _identity(path: Path) -> tuple | None:
     except FewShotError:
         return None
     return ckpt.get("epoch"), ckpt.get("hash")
+
+
+def resume_point(path: Path, spec: dict, fingerprint: str, objective: str) -> dict:
+    """The checkpoint to resume from, refused (one line naming it) when it is missing or was
+    written for another encoder, other training data or another objective."""
+    if not path.exists():
+        raise FewShotError("nothing to resume: no such checkpoint", path)
+    ckpt = load_checkpoint(path, map_location="cpu")  # refuses non-finite weights
+    old = dict(ckpt.get("encoder", {}))
+    if isinstance(old.get("kwargs"), dict):  # where the starting weights came from is no part of the model
+        old["kwargs"] = {k: v for k, v in old["kwargs"].items() if k not in INIT_ONLY}
+    diffs = []
+    for key in ("name", "in_channels", "num_classes", "embedding_dim", "kwargs"):
+        if old.get(key) != spec.get(key):
+            diffs.append(f"{key} {old.get(key)!r} (checkpoint) vs {spec.get(key)!r} (now)")
+    if ckpt.get("data_fingerprint") not in (None, fingerprint):
+        diffs.append(f"training data {ckpt.get('data_fingerprint')} vs {fingerprint}")
+    was = (ckpt.get("config") or {}).get("objective", "metric")
+    if was != objective:
+        diffs.append(f"objective {was!r} (checkpoint) vs {objective!r} (now)")
+    if diffs:
+        raise FewShotError("cannot resume, the checkpoint differs: " + "; ".join(diffs), path)
+    return ckpt

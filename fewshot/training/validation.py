@@ -1,0 +1,70 @@
+"""Validation during training: fixed few-shot episodes on the validation classes, scored by the
+run's objective on embeddings from :func:`fewshot.evaluation.features.embed` (plain, and with the
+recipe's test-time augmentation)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from episodes import EpisodeSpec, ImageSet, sample_episodes
+from fewshot.errors import FewShotError
+from fewshot.evaluation.features import embed
+from fewshot.evaluation.tta import TTA, tta_from_config
+from fewshot.training.config import TrainConfig
+
+__all__ = ["Validation"]
+
+
+class Validation:
+    """``val_episodes`` fixed ``val_way``-way episodes per shot of ``val_shots``, drawn once.
+
+    The query count is ``val_query``, or fewer when even the largest validation class cannot hold
+    that many beside the largest shot. :meth:`due` says whether an epoch validates (every
+    ``val_every`` epochs and the last) and whether with TTA (``val_tta`` views every
+    ``val_tta_every`` epochs, 0: the last only); :meth:`__call__` returns the epoch's row entries.
+    """
+
+    def __init__(self, cfg: TrainConfig, val: ImageSet, distance: str, channels: int):
+        self.cfg, self.val = cfg, val
+        largest = int(val.class_counts().max())
+        query = min(int(cfg.val_query), largest - max(int(s) for s in cfg.val_shots))
+        if query < 1:
+            raise FewShotError(f"the largest validation class has {largest} images: too few for "
+                               f"{max(cfg.val_shots)}-shot episodes with queries", val.name or None)
+        self.sets = {shot: sample_episodes(val, EpisodeSpec(cfg.val_way, shot, query), cfg.val_episodes,
+                                           seed=cfg.seed, within_group=cfg.val_within_group, drop_small=True)
+                     for shot in cfg.val_shots}
+        self.tta: TTA = tta_from_config(cfg.to_dict(), channels, distance)  # what the checkpoint records
+
+    def due(self, epoch: int) -> tuple[bool, bool]:
+        """``(validate, with_tta)`` after 0-based ``epoch``."""
+        cfg, n = self.cfg, epoch + 1
+        last = n == cfg.epochs
+        tta_now = cfg.val_tta_every > 0 and n % cfg.val_tta_every == 0
+        return n % cfg.val_every == 0 or last, last or tta_now
+
+    def __call__(self, model: torch.nn.Module, preprocess, device: torch.device, objective,
+                 with_tta: bool) -> dict:
+        """Episode accuracy and its 95% CI per shot (``val_5w1s``, ``val_5w1s_ci95``). With TTA the
+        plain figure is always kept (``..._plain``) and the TTA figure, the run's ``val_accuracy``,
+        only when ``with_tta``."""
+        cfg = self.cfg
+        plain = embed(model, self.val.images, preprocess, device=device, batch_size=512, progress=False)
+        views = {"": plain.to(device)}
+        if not self.tta.plain:
+            views = {"_plain": views[""]}
+            if with_tta:
+                views[""] = embed(model, self.val.images, preprocess, device=device, batch_size=512,
+                                  progress=False, tta=self.tta).to(device)
+        out = {}
+        for shot, eps in self.sets.items():
+            for suffix, feats in views.items():
+                acc = objective.score(feats, eps)
+                out[f"val_{cfg.val_way}w{shot}s{suffix}"] = float(acc.mean())
+                out[f"val_{cfg.val_way}w{shot}s{suffix}_ci95"] = float(1.96 * acc.std() / math.sqrt(len(acc)))
+        key = f"val_{cfg.val_way}w{cfg.val_shots[0]}s"
+        if key in out:
+            out["val_accuracy"] = out[key]
+        return out
