@@ -56,9 +56,10 @@ def test_r2d2_trains_through_the_closed_form_reproducibly_without_validation(gly
 
 def test_episodic_run_resumes_bit_exact_after_ctrl_c(glyphs_base, tmp_path, monkeypatch):
     """The trainer's resume, now for episodic runs too: Ctrl-C in epoch 2, resume, same weights."""
-    cfg = TrainConfig(objective="protonet", episode_way=5, episode_shot=1, episode_query=3, episodes_per_step=2,
-                      steps_per_epoch=4, epochs=2, optimizer="adam", lr=1e-3, warmup_epochs=0, val_way=5,
-                      val_shots=[1], val_query=3, val_episodes=20, distance="euclidean")
+    cfg = TrainConfig(objective="protonet", episode_way=5, episode_shot=1, episode_query=3,
+                      episodes_per_step=2, steps_per_epoch=4, epochs=2, optimizer="adam", lr=1e-3,
+                      warmup_epochs=0, val_way=5, val_shots=[1], val_query=3, val_episodes=20,
+                      distance="euclidean")
     full = train(cfg, glyphs_base, None, tmp_path / "full", progress=False)
     calls, original = {"n": 0}, Augment.__call__
 
@@ -73,11 +74,13 @@ def test_episodic_run_resumes_bit_exact_after_ctrl_c(glyphs_base, tmp_path, monk
         train(cfg, glyphs_base, None, tmp_path / "cut", progress=False)
     monkeypatch.setattr(Augment, "__call__", original)
     saved = load_checkpoint(tmp_path / "cut" / "last.pt")
-    assert (saved["sampler"]["kind"], saved["sampler"]["epoch"], saved["sampler"]["step"]) == ("episodes", 1, 2)
+    where = saved["sampler"]
+    assert (where["kind"], where["epoch"], where["step"]) == ("episodes", 1, 2)
     cfg.resume = "auto"
     resumed = train(cfg, glyphs_base, None, tmp_path / "cut", progress=False)
     a, b = load_checkpoint(full.last_path), load_checkpoint(resumed.last_path)
-    assert a["hash"] == b["hash"] and torch.equal(a["loss_state"]["head.log_scale"], b["loss_state"]["head.log_scale"])
+    assert a["hash"] == b["hash"]
+    assert torch.equal(a["loss_state"]["head.log_scale"], b["loss_state"]["head.log_scale"])
     assert [r["loss"] for r in full.metrics] == [r["loss"] for r in resumed.metrics]
     with pytest.raises(FewShotError, match="objective 'protonet' .checkpoint. vs 'metric'"):
         train(TrainConfig(resume="auto", val_way=5, val_shots=[1], val_query=3, val_episodes=20), glyphs_base,

@@ -19,10 +19,10 @@ from fewshot.errors import FewShotError
 from fewshot.evaluation.evaluate import EvalResult, build_heads, score_episodes
 from fewshot.figures import TITLE_MAX, compact_labels, short_data_name
 from fewshot.progress import LineProgress, progress, progress_mode
+from fewshot.training.config import TrainConfig
 from fewshot.training.curves import plot_curves, read_metrics, val_series
 from fewshot.training.episodic import EpisodicConfig
 from fewshot.training.monitor import TENSORBOARD_HINT, CurveWriter, TensorBoardWriter, monitors
-from fewshot.training.config import TrainConfig
 from fewshot.training.trainer import train
 
 OMNIGLOT_SPEC = ("omniglot:/home/someone/datasets/omniglot/images_background_small2.zip"

@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -7,11 +8,11 @@ from pytorch_metric_learning import losses
 
 from fewshot.cli import main
 from fewshot.errors import FewShotError
+from fewshot.evaluation.features import embed
+from fewshot.evaluation.tta import TTA
 from fewshot.models.checkpoint import load_checkpoint, load_encoder
 from fewshot.models.preprocess import Preprocess
 from fewshot.training.augment import Augment
-from fewshot.evaluation.features import embed
-from fewshot.evaluation.tta import TTA
 from fewshot.training.classes import mirror_classes, rotate_classes, synthetic_classes
 from fewshot.training.config import RECIPES, TrainConfig, load_recipe
 from fewshot.training.trainer import train
@@ -251,3 +252,95 @@ def test_omniglot_recipe_runs_on_real_omniglot(omniglot_dir, tmp_path):
     assert row["val_20w1s"] > 0.1 and row["val_20w1s_plain"] > 0.1    # chance is 0.05
     model, _ = load_encoder(out / "best.pt")
     assert model.embedding_dim == 3 * 3 * 256
+
+
+def test_train_without_a_folder_writes_a_temporary_one_that_the_result_names(tmp_path, monkeypatch):
+    import shutil
+    import tempfile
+    monkeypatch.chdir(tmp_path)
+    res = train(_cfg(epochs=1, val_episodes=5), digits_set(), progress=False)
+    try:
+        assert res.out_dir.parent == Path(tempfile.gettempdir())
+        assert res.out_dir.name.startswith("fewshot-train-")
+        assert res.best_path.exists() and res.last_path.parent == res.out_dir
+        assert list(tmp_path.iterdir()) == []                         # nothing behind the caller's back
+    finally:
+        shutil.rmtree(res.out_dir)
+
+
+def test_train_from_a_config_alone_loads_the_data_and_the_recipe_validation(tmp_path):
+    spec = "glyphs?alphabets=5&per_class=6"
+    cfg = _cfg(data=spec, val=spec + "&split=val", epochs=1, batch_size=24, val_episodes=5, val_query=3)
+    res = train(cfg, out_dir=tmp_path / "run", progress=False)
+    resolved = json.loads((tmp_path / "run" / "config.json").read_text())["resolved"]
+    assert res.held_out_classes is None and "(split base)" in resolved["data"]
+    assert resolved["validation"].startswith(spec + "&split=val") and cfg.split == "base"
+    # a recipe's validation data that is not there: a warning, and held-out base classes instead
+    cfg = _cfg(data=spec, val="omniglot:{data_dir}/no_such_archive.zip", epochs=1, batch_size=24,
+               val_episodes=5, val_query=3)
+    with pytest.warns(UserWarning, match="recipe validation data unavailable"):
+        res = train(cfg, out_dir=tmp_path / "fallback", progress=False)
+    assert cfg.val is None and len(res.held_out_classes) == 18
+    with pytest.raises(FewShotError, match="no training data"):
+        train(_cfg(), out_dir=tmp_path / "none", progress=False)
+
+
+class _Hooks:
+    def __init__(self):
+        self.calls = []
+
+    def on_message(self, text):
+        self.calls.append(("message", text.split(" ")[0]))
+
+    def on_epoch_begin(self, epoch, epochs, steps, first):
+        self.calls.append(("begin", epoch, epochs, steps, first))
+
+    def on_step_end(self, step, logs):
+        assert logs["loss"] > 0 and logs["img_per_s"] > 0
+        self.calls.append(("step", step))
+
+    def on_epoch_end(self, row, metrics, out_dir):
+        self.calls.append(("end", row["epoch"], len(metrics)))
+
+
+def test_callbacks_see_every_hook_and_the_printer_writes_lines(tmp_path):
+    import io
+
+    from fewshot.training.monitor import ProgressPrinter
+    hooks, buf = _Hooks(), io.StringIO()
+    train(_cfg(epochs=2, val_episodes=5), digits_set(), None, tmp_path / "run", progress=False,
+          callbacks=[hooks, ProgressPrinter(bars=False, file=buf)])
+    steps = [("step", s) for s in range(8)]
+    assert hooks.calls == [("message", "held"), ("begin", 0, 2, 8, 0), *steps, ("end", 1, 1),
+                           ("begin", 1, 2, 8, 0), *steps, ("end", 2, 2)]
+    lines = buf.getvalue().splitlines()
+    assert len(lines) == 3 and lines[0].startswith("fewshot train: held out 3 of the base classes")
+    assert lines[1].startswith("fewshot train: epoch=1 loss=") and "val_3w1s=" in lines[1]
+
+
+def test_cli_trains_an_episodic_objective_from_a_recipe(tmp_path, capsys):
+    recipe = tmp_path / "proto.toml"
+    recipe.write_text('objective = "protonet"\ndistance = "euclidean"\noptimizer = "adam"\nlr = 0.001\n'
+                      "warmup_epochs = 0\nepisode_way = 3\nepisode_shot = 1\nepisode_query = 2\n"
+                      "episodes_per_step = 2\nsteps_per_epoch = 3\nepochs = 1\n")
+    out = tmp_path / "run"
+    code = main(["train", "--data", "digits?max_per_class=20", "--image-size", "16", "--recipe", str(recipe),
+                 "--val-way", "2", "--val-shots", "1", "--val-episodes", "10", "--quiet", "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    model, info = load_encoder(out / "best.pt")
+    assert info["config"]["objective"] == "protonet" and info["distance"] == "euclidean"
+    ckpt = load_checkpoint(out / "last.pt")
+    assert ckpt["sampler"]["kind"] == "episodes" and "head.log_scale" in ckpt["loss_state"]
+    with pytest.raises(SystemExit):
+        main(["train", "--data", "glyphs", "--objective", "maml", "--out", str(tmp_path / "bad")])
+
+
+def test_one_device_picker():
+    from fewshot.device import pick_device
+    if not torch.cuda.is_available():
+        assert pick_device() == pick_device("auto") == torch.device("cpu") or pick_device().type == "mps"
+        with pytest.raises(FewShotError, match="device 'cuda' asked for, but no CUDA device is available"):
+            pick_device("cuda")
+    assert pick_device("cpu") == pick_device(torch.device("cpu")) == torch.device("cpu")
+    with pytest.raises(FewShotError, match="unknown device 'gpu0'"):
+        pick_device("gpu0")
