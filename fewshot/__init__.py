@@ -5,7 +5,7 @@ The library API, one import away::
     import fewshot
     data = fewshot.load_data("glyphs")
     run = fewshot.train(fewshot.TrainConfig(data="glyphs", epochs=1), out_dir="runs/demo")
-    result = fewshot.evaluate(run.model_path, fewshot.load_data("glyphs?split=novel"))
+    result = fewshot.evaluate(run.best_path, fewshot.load_data("glyphs?split=novel"))
 
 The subpackages follow the data flow: ``episodes`` (images in, episodes out), then
 ``fewshot.models`` (encoders, losses, checkpoints), ``fewshot.training``, ``fewshot.heads``,

@@ -157,7 +157,7 @@ def load_recipe(name: str) -> dict:
 
 
 def _drop_foreign_encoder_args(recipe_dict: dict, encoder, recipe: str) -> None:
-    """A recipe's ``[encoder_args]`` belong to the recipe's own encoder: when ``--encoder`` names
+    """A recipe's ``[encoder_args]`` belong to the recipe's own encoder: when ``encoder`` names
     another one they are dropped, with a one-line note, instead of failing inside the constructor."""
     own = str(recipe_dict.get("encoder", TrainConfig.encoder)).lower()
     args = recipe_dict.get("encoder_args")

@@ -1,11 +1,11 @@
 """Training curves: one PNG per run that shows at a glance how training went.
 
-:func:`plot_curves` draws the per-epoch rows of a run (``metrics.jsonl`` of ``fewshot train``, or
-the ``metrics`` of the episodic trainer) in four panels: the training loss with its metric and
-cross-entropy parts, the validation accuracy per shot with its 95% CI band (best epoch marked),
-the training accuracy, and the learning rate. Keys a row lacks are left out, so runs of either
-trainer, with or without validation every epoch, draw the same way. :func:`read_metrics` reads a
-run folder's ``metrics.jsonl``.
+:func:`plot_curves` draws the per-epoch rows of a run (``metrics.jsonl``, or
+``TrainResult.metrics``) in four panels: the training loss with its metric and cross-entropy
+parts, the validation accuracy per shot with its 95% CI band (best epoch marked), the training
+accuracy, and the learning rate. Keys a row lacks are left out, so runs of every objective, with
+or without validation every epoch (and the rows of older episodic runs), draw the same way.
+:func:`read_metrics` reads a run folder's ``metrics.jsonl``.
 """
 
 from __future__ import annotations
@@ -46,8 +46,8 @@ def val_series(rows: Sequence[dict]) -> dict[str, tuple[np.ndarray, np.ndarray, 
     """``{label: (epochs, accuracy, ci95)}`` for every validation figure the rows carry.
 
     ``val_5w1s`` -> ``5-way 1-shot``; ``val_5w1s_plain`` (the figure without test-time
-    augmentation of a TTA run) -> ``5-way 1-shot, no TTA``; a bare ``val_accuracy`` (episodic
-    trainer) -> ``validation``. Epochs without the key are skipped; a missing CI is 0.
+    augmentation of a TTA run) -> ``5-way 1-shot, no TTA``; a bare ``val_accuracy`` (rows of older
+    episodic runs) -> ``validation``. Epochs without the key are skipped; a missing CI is 0.
     """
     keys: list[str] = []
     for row in rows:

@@ -46,9 +46,8 @@ TENSORBOARD_HINT = 'TensorBoard logging needs the tensorboard package: pip insta
 _VAL_KEY = re.compile(r"^val_(\d+w\d+s)(_plain)?$")
 # metrics-row key -> TensorBoard tag (the rest of the numeric keys go under "other/")
 _TAGS = {"loss": "loss/total", "metric_loss": "loss/metric", "ce_loss": "loss/ce",
-         "train_acc": "accuracy/train", "train_accuracy": "accuracy/train", "val_accuracy": "accuracy/val",
-         "lr": "optim/lr", "img_per_s": "speed/img_per_s", "epoch_time_s": "speed/epoch_time_s",
-         "first_loss": "loss/first_step", "last_loss": "loss/last_steps"}
+         "train_acc": "accuracy/train", "val_accuracy": "accuracy/val",
+         "lr": "optim/lr", "img_per_s": "speed/img_per_s", "epoch_time_s": "speed/epoch_time_s"}
 
 
 @runtime_checkable

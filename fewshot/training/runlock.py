@@ -1,6 +1,6 @@
 """One writer per run folder: an advisory lock held while a training run writes there.
 
-Two ``fewshot train`` processes pointed at the same ``--out`` would interleave their checkpoints
+Two training runs pointed at the same folder would interleave their checkpoints
 and metrics (one run's ``best.pt`` beside the other's ``last.pt``), a run no file describes. The
 lock is ``fcntl.flock`` on ``<folder>/.lock``: the kernel drops it when the holder exits or is
 killed, so a crashed run never blocks the next one. Where ``fcntl`` is missing (Windows) the lock
@@ -43,7 +43,7 @@ class RunLock:
             holder = fh.read().strip() or "unknown"
             fh.close()
             raise FewShotError(f"another run (pid {holder}) is writing to this folder; wait for it to end "
-                               "or give another --out", self.folder) from None
+                               "or use another output folder", self.folder) from None
         fh.seek(0)
         fh.truncate()
         fh.write(str(os.getpid()))

@@ -1,4 +1,4 @@
-"""One consistent run folder: the order of an epoch's writes, and what ``--resume`` makes of a
+"""One consistent run folder: the order of an epoch's writes, and what a resume makes of a
 folder that a crash left between two of them.
 
 An epoch ends with three atomic writes, in this order:
@@ -9,7 +9,7 @@ An epoch ends with three atomic writes, in this order:
 3. ``metrics.jsonl`` -- every row, rewritten atomically (never a half-written line).
 
 A kill before 1 leaves the previous epoch's consistent folder. A kill after 1 leaves ``last.pt``
-ahead of the other two; :func:`reconcile` (run by ``--resume``) rebuilds them from it: the metrics
+ahead of the other two; :func:`reconcile` (run by a resume) rebuilds them from it: the metrics
 rows are ``last.pt``'s, and ``best.pt`` is rewritten from ``last.pt`` when ``last.pt`` is the best
 it records. Nothing is ever taken from a file that disagrees with the commit point.
 """
