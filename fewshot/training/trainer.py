@@ -36,7 +36,7 @@ from fewshot.models.checkpoint import load_checkpoint, save_checkpoint, state_ha
 from fewshot.models.encoders import INIT_ONLY, build_encoder, encoder_spec
 from fewshot.models.preprocess import Preprocess
 from fewshot.training.augment import Augment
-from fewshot.training.config import TrainConfig, TrainResult, check_data
+from fewshot.training.config import TrainConfig, TrainResult, check_data, world_size
 from fewshot.training.data import check_validation, load_training_data, load_validation, prepare_sets
 from fewshot.training.faults import DeferredInterrupt, StepSnapshot, all_finite, nonfinite_names
 from fewshot.training.faults import save_interrupted as save_interrupted_state
@@ -63,15 +63,10 @@ def train(config: TrainConfig, data: ImageSet | None = None, val: ImageSet | Non
     names in ``config``. ``callbacks``: see :mod:`fewshot.training.monitor`; ``progress`` adds
     :class:`~fewshot.training.monitor.ProgressPrinter` (bars, one line per epoch, notes on stderr).
     """
-    cfg = config
-    if data is None:
-        data = load_training_data(cfg)
-    if val is None and cfg.val:
-        val = load_validation(cfg, data)
     if progress:
         from fewshot.training.monitor import ProgressPrinter
         callbacks = [ProgressPrinter(), *callbacks]
-    trainer = Trainer(cfg, loss=loss, miner=miner, encoder=encoder, callbacks=callbacks)
+    trainer = Trainer(config, loss=loss, miner=miner, encoder=encoder, callbacks=callbacks)
     return trainer.fit(data, val, out_dir)
 
 
@@ -92,7 +87,7 @@ class Trainer:
         self.loss, self.miner, self.encoder = loss, miner, encoder
         self.callbacks = list(callbacks)
         self.rank = int(os.environ.get("RANK", "0"))
-        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.world = world_size()
         self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         self.distributed, self.is_main = self.world > 1, self.rank == 0
 
@@ -104,9 +99,13 @@ class Trainer:
                 if fn is not None:
                     fn(*args)
 
-    def fit(self, data: ImageSet, val: ImageSet | None = None, out_dir: str | os.PathLike | None = None
-            ) -> TrainResult:
-        """Run the training; see :func:`train` for ``val`` and ``out_dir``."""
+    def fit(self, data: ImageSet | None = None, val: ImageSet | None = None,
+            out_dir: str | os.PathLike | None = None) -> TrainResult:
+        """Run the training; see :func:`train` for what ``data``, ``val`` and ``out_dir`` None mean."""
+        if data is None:
+            data = load_training_data(self.cfg)
+        if val is None and self.cfg.val:
+            val = load_validation(self.cfg, data)
         out = out_dir if out_dir is not None else self.cfg.out
         if out is None:
             if self.distributed:
