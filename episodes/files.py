@@ -1,5 +1,6 @@
-"""Image files named one by one: a support folder listed into paths and labels, and a list of
-files decoded at one size, skipping (or refusing) the unreadable ones.
+"""Image files named one by one: a support folder listed into paths and labels, files and folders
+listed with the class their folder names, and a list of files decoded at one size, skipping (or
+refusing) the unreadable ones.
 
 What adaptation and prediction read (``fewshot adapt``, ``fewshot predict``); datasets are read by
 :mod:`episodes.readers` into an :class:`~episodes.imageset.ImageSet` instead.
@@ -18,7 +19,7 @@ import torch
 from .decode import IMAGE_EXTENSIONS, decode_array, is_image_file
 from .errors import DatasetError
 
-__all__ = ["list_class_folders", "read_image_files"]
+__all__ = ["list_class_folders", "list_image_files", "read_image_files"]
 
 
 def list_class_folders(root: str | os.PathLike, *, strict: bool = False
@@ -56,6 +57,31 @@ def list_class_folders(root: str | os.PathLike, *, strict: bool = False
         paths += [os.fspath(f) for f in images]
         labels += [len(names) - 1] * len(images)
     return paths, names, labels
+
+
+def list_image_files(paths: Sequence[str | os.PathLike], *, strict: bool = False
+                     ) -> tuple[list[str], list[str | None]]:
+    """Image paths and their true class: files as given (class None), folders searched recursively,
+    each image's class being its first sub-folder under the given folder (None for an image
+    directly in it). Non-image files in folders are skipped with a warning (``strict``: error)."""
+    files: list[str] = []
+    truth: list[str | None] = []
+    for p in paths:
+        path = Path(p)
+        if not path.is_dir():
+            files.append(os.fspath(path))
+            truth.append(None)
+            continue
+        for f in sorted(x for x in path.rglob("*") if x.is_file() and not x.name.startswith(".")):
+            if not is_image_file(f):
+                if strict:
+                    raise DatasetError("not an image file", f)
+                warnings.warn(f"skipped {f}: not an image file", stacklevel=2)
+                continue
+            rel = f.relative_to(path).parts
+            files.append(os.fspath(f))
+            truth.append(rel[0] if len(rel) > 1 else None)
+    return files, truth
 
 
 def read_image_files(paths: Sequence[str | os.PathLike], *, channels: int, size: tuple[int, int],

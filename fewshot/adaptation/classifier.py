@@ -275,9 +275,8 @@ class FewShotClassifier(nn.Module):
     def predict_proba(self, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
         """Softmax of the logits at the fitted temperature, ``[N, K]``.
 
-        Fewer than ``SMALL_BATCH`` images run on one intra-op thread: for a single image, thread
-        synchronisation costs more than the work (measured 3 ms on one thread vs 150 ms on two on
-        the busy 2-core dev machine)."""
+        Fewer than ``SMALL_BATCH`` images run on one intra-op thread: for a few images, thread
+        synchronisation costs more than the work."""
         n = images.shape[0] if images.dim() == 4 else 1
         with threads(1 if n < SMALL_BATCH else None):
             z = self.embed(images, batch_size)

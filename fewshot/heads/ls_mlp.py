@@ -12,8 +12,8 @@ of two hidden representations per unit tends to the degree-1 arc-cosine kernel (
 2009) ``k(x, y) = |x̃||ỹ| (sin θ + (π - θ) cos θ) / 2π`` with ``cos θ = x̃·ỹ / (|x̃||ỹ|)``. It needs
 only inner products and norms, so a batch costs ``O(S(S+Q)D)`` (shared with the other heads,
 :class:`~fewshot.heads.batch.EpisodeBatch`) instead of the ``O((S+Q)·D·width)`` of explicit random
-features (at ``D = 1600``, ``width = 1024`` that was 40x the cost of every other head together),
-and it has no sampling noise.
+features (``width / S`` times more: the hidden layer is much wider than a support set), and it
+has no sampling noise.
 """
 
 from __future__ import annotations

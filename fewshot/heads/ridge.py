@@ -78,7 +78,7 @@ def _lam_tensor(lam: float | torch.Tensor, e: int, like: torch.Tensor) -> torch.
 def _spd_solve(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
     """Solve SPD systems ``A X = B`` by Cholesky; LU for any that lost definiteness to rounding."""
     L, info = torch.linalg.cholesky_ex(A)
-    if bool((info == 0).all()):  # two triangular solves: ~2x faster than cholesky_solve on batches
+    if bool((info == 0).all()):  # two triangular solves: cheaper than cholesky_solve on batches
         return torch.linalg.solve_triangular(L.mT, torch.linalg.solve_triangular(L, B, upper=False),
                                              upper=True)
     return torch.linalg.solve(A, B)
