@@ -273,9 +273,9 @@ def update(classifier: FewShotClassifier, more_support, *, lam: float | None = N
     """A classifier with the classes or shots of ``more_support`` added, without re-embedding the old ones.
 
     Classes whose name the classifier knows get more shots; other names become new classes. The
-    head is re-solved from its merged sufficient statistics (so the result equals adapting on the
-    union from scratch, at the same λ). ``ls``: λ is re-chosen by GCV from the statistics (see the
-    module docstring) unless ``lam`` is given. The LOO estimate and temperature are recomputed
+    head grows by ``partial_fit`` from the sufficient statistics it keeps (so the result equals
+    adapting on the union from scratch, at the same λ). ``ls``: λ is re-chosen by generalised
+    cross-validation from the statistics (:mod:`fewshot.heads.ridge_stats`) unless ``lam`` is given. The LOO estimate and temperature are recomputed
     over the new images (``nn``: over all images); with fewer than 10 estimable new images the
     previous temperature is kept.
     """
