@@ -275,9 +275,9 @@ def update(classifier: FewShotClassifier, more_support, *, lam: float | None = N
     Classes whose name the classifier knows get more shots; other names become new classes. The
     head grows by ``partial_fit`` from the sufficient statistics it keeps (so the result equals
     adapting on the union from scratch, at the same λ). ``ls``: λ is re-chosen by generalised
-    cross-validation from the statistics (:mod:`fewshot.heads.ridge_stats`) unless ``lam`` is given. The LOO estimate and temperature are recomputed
-    over the new images (``nn``: over all images); with fewer than 10 estimable new images the
-    previous temperature is kept.
+    cross-validation from the statistics (:mod:`fewshot.heads.ridge_stats`) unless ``lam`` is
+    given. The LOO estimate and temperature are recomputed over the new images (``nn``: over all
+    images); with fewer than 10 estimable new images the previous temperature is kept.
     """
     images, y_local, names, skipped = _support_tensors(
         more_support, classifier.preprocess, labels=labels, class_names=class_names, strict=strict,

@@ -99,6 +99,16 @@ def check_extension(fitted_shape: tuple[int, ...], support: torch.Tensor, fitted
         raise FewShotError(f"partial_fit: way {way} is below the {fitted_way} classes already fitted")
 
 
+def appended_rows(kept: torch.Tensor, kept_labels: torch.Tensor, kept_way: int, support: torch.Tensor,
+                  labels: torch.Tensor, way: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``partial_fit`` of a head that keeps its support rows: the kept rows ``[E,S0,D]`` and labels
+    with ``support [E,S,D]`` and ``labels`` appended, after the checks."""
+    check_support(support, labels, way)
+    check_extension(tuple(kept.shape), support, kept_way, way)
+    return (torch.cat([kept, support.to(kept.dtype)], 1),
+            torch.cat([kept_labels, labels.to(kept_labels.dtype)], 1))
+
+
 def pad_classes(t: torch.Tensor, way: int, dim: int) -> torch.Tensor:
     """``t`` with zeros appended along ``dim`` up to ``way`` entries (room for new classes)."""
     grow = way - t.shape[dim]

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from fewshot.heads.base import check_extension, check_query, check_support
+from fewshot.heads.base import appended_rows, check_query, check_support
 from fewshot.options import at_least, check, finite_positive
 
 
@@ -89,7 +89,5 @@ class LogRegHead:
         """A refit on the kept support plus ``support`` (logistic regression has no closed form to grow)."""
         if fitted is None:
             return self.fit(support, support_labels, way)
-        check_support(support, support_labels, way)
-        check_extension(tuple(fitted.support.shape), support, fitted.way, way)
-        return self.fit(torch.cat([fitted.support, support.detach().to(fitted.support.dtype)], 1),
-                        torch.cat([fitted.support_labels, support_labels.detach()], 1), way)
+        return self.fit(*appended_rows(fitted.support, fitted.support_labels, fitted.way, support,
+                                       support_labels, way), way)

@@ -24,7 +24,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from fewshot.errors import FewShotError
-from fewshot.heads.base import check_extension, check_query, check_support, one_hot
+from fewshot.heads.base import appended_rows, check_extension, check_query, check_support, one_hot
 from fewshot.heads.batch import EpisodeBatch
 from fewshot.heads.ls import FittedLinear, LSHead, check_lam_grid
 from fewshot.heads.ridge import CRITERIA, DEFAULT_GRID, dual_solve
@@ -228,9 +228,8 @@ class LSMLPHead:
         if self.kind != "random":
             if fitted is None:
                 return self.fit(support, support_labels, way)
-            check_extension(tuple(fitted.support.shape), support, fitted.way, way)
-            return self.fit(torch.cat([fitted.support, support.to(fitted.support.dtype)], 1),
-                            torch.cat([fitted.support_labels, support_labels], 1), way)
+            return self.fit(*appended_rows(fitted.support, fitted.support_labels, fitted.way, support,
+                                           support_labels, way), way)
         if fitted is None:
             fitted = self._random_features(support)
         else:

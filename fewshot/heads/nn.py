@@ -7,8 +7,8 @@ from dataclasses import dataclass
 import torch
 
 from fewshot.heads.base import (
+    appended_rows,
     check_distance,
-    check_extension,
     check_query,
     check_support,
     cosine_sim,
@@ -106,11 +106,9 @@ class NNHead:
         """Append ``support`` to the fitted support set (the neighbours are the data itself)."""
         if fitted is None:
             return self.fit(support, support_labels, way)
-        check_support(support, support_labels, way)
-        check_extension(tuple(fitted.support.shape), support, fitted.way, way)
-        return FittedNN(torch.cat([fitted.support, support.to(fitted.support.dtype)], 1),
-                        torch.cat([fitted.support_labels, support_labels.to(fitted.support_labels.dtype)], 1),
-                        way, int(self.k), self.distance, self.weighted)
+        rows, labels = appended_rows(fitted.support, fitted.support_labels, fitted.way, support,
+                                     support_labels, way)
+        return FittedNN(rows, labels, way, int(self.k), self.distance, self.weighted)
 
     def score_batch(self, batch: EpisodeBatch, support_labels: torch.Tensor, way: int) -> torch.Tensor:
         """Logits ``[E,Q,way]`` from the shared inner products (same values as ``fit(...)(query)``)."""
