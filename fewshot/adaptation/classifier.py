@@ -34,7 +34,7 @@ from fewshot.evaluation.features import TRANSFORMS, transform
 from fewshot.evaluation.inference import inference_model, prepare_input, threads
 from fewshot.evaluation.tta import TTA
 from fewshot.heads import get_head
-from fewshot.heads.base import Fitted, Head
+from fewshot.heads.base import Fitted, IncrementalHead
 from fewshot.heads.ls import FittedLinear
 from fewshot.heads.nn import FittedNN
 from fewshot.heads.proto import FittedProto
@@ -72,7 +72,7 @@ def head_kind(fitted: Fitted) -> str:
                        f"got {type(fitted).__name__}")
 
 
-def head_for(fitted: Fitted, lam: float | None = None) -> Head:
+def head_for(fitted: Fitted, lam: float | None = None) -> IncrementalHead:
     """The head (settings) that extends ``fitted`` by ``partial_fit``: its distance, k, scale;
     for ``ls`` a fixed ``lam``, else λ by generalised cross-validation from the statistics."""
     kind = head_kind(fitted)

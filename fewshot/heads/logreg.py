@@ -17,13 +17,13 @@ from fewshot.options import at_least, check, finite_positive
 
 @dataclass
 class FittedLogReg:
+    """One scikit-learn model per episode, the settings and the support it was fitted on."""
+
     models: list
-    dim: int
-    normalize: bool
     way: int
-    head: LogRegHead          # the settings it was fitted with
-    support: torch.Tensor     # [E,S,D] (what partial_fit refits on)
-    support_labels: torch.Tensor
+    head: LogRegHead              # the settings it was fitted with
+    support: torch.Tensor         # [E,S,D] (what partial_fit refits on)
+    support_labels: torch.Tensor  # [E,S]
 
     def state_dict(self) -> dict:
         return {"support": self.support, "support_labels": self.support_labels, "way": self.way,
@@ -37,9 +37,9 @@ class FittedLogReg:
         return head.fit(d["support"], d["support_labels"], d["way"])
 
     def __call__(self, query: torch.Tensor) -> torch.Tensor:
-        check_query(query, self.dim, len(self.models))
+        check_query(query, self.support.shape[-1], len(self.models))
         q = query.detach().float()
-        if self.normalize:
+        if self.head.normalize:
             q = torch.nn.functional.normalize(q, dim=-1)
         q_np = q.cpu().numpy()
         out = np.full((q.shape[0], q.shape[1], self.way), -np.inf, dtype=np.float32)
@@ -81,8 +81,7 @@ class LogRegHead:
             for e in range(s_np.shape[0]):
                 model = LogisticRegression(C=self.C, max_iter=self.max_iter, random_state=self.random_state)
                 models.append(model.fit(s_np[e], y_np[e]))
-        return FittedLogReg(models, support.shape[-1], self.normalize, way, self, support.detach(),
-                            support_labels.detach())
+        return FittedLogReg(models, way, self, support.detach(), support_labels.detach())
 
     def partial_fit(self, fitted: FittedLogReg | None, support: torch.Tensor, support_labels: torch.Tensor,
                     way: int) -> FittedLogReg:
