@@ -15,10 +15,11 @@ from typing import Any
 from fewshot.errors import FewShotError
 from fewshot.heads.base import CallableHead, Fitted, Head, as_head
 from fewshot.heads.logreg import LogRegHead
-from fewshot.heads.ls import DEFAULT_GRID, LSHead, loo_residuals, loo_select, ridge_fit
+from fewshot.heads.ls import LSHead
 from fewshot.heads.ls_mlp import LSMLPHead
 from fewshot.heads.nn import NNHead
 from fewshot.heads.proto import ProtoHead
+from fewshot.heads.ridge import DEFAULT_GRID, loo_residuals, loo_select, ridge_fit
 from fewshot.options import parse_spec, typed_options
 
 HEADS: dict[str, type] = {
