@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from fewshot.commands.argtypes import add_tta_arguments, int_list, key_value
+from fewshot.commands.argtypes import add_tta_arguments, int_list
 
 HELP = "train an encoder, then compare few-shot heads on novel classes (default: the built-in glyph set)"
 
@@ -41,7 +41,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     t.add_argument("--lr", type=float, default=None)
     t.add_argument("--seed", type=int, default=None, help="training seed (default: the recipe's, 0)")
     t.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:N")
-    t.add_argument("--set", action="append", type=key_value, default=[], metavar="K=V",
+    t.add_argument("--set", action="append", default=[], metavar="K=V",
                    help="any other training setting, e.g. --set val_episodes=200 (repeatable)")
     t.add_argument("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads)")
     t.add_argument("--tensorboard", action="store_true", default=None,
@@ -71,7 +71,8 @@ def run(args: argparse.Namespace) -> int:
     from fewshot.evaluation.evaluate import split_heads
     from fewshot.evaluation.tta import parse_tta_args
     from fewshot.experiments.compare import CompareConfig, compare
-    from fewshot.models.losses import parse_loss_args
+    from fewshot.options import declared, parse_pairs, typed_options
+    from fewshot.training.trainer import TrainConfig
 
     start = time.perf_counter()
     if args.threads:
@@ -81,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
                  "batch_size": args.batch_size, "epochs": args.epochs, "lr": args.lr, "seed": args.seed,
                  "device": args.device, "tensorboard": args.tensorboard}
     overrides = {k: v for k, v in overrides.items() if v is not None}
-    overrides.update(parse_loss_args(args.set))
+    overrides.update(typed_options(declared(TrainConfig)[0], parse_pairs(args.set, "--set"), "training"))
     heads = split_heads(args.heads)
     if not heads:
         raise FewShotError("--heads names no head")
