@@ -25,7 +25,6 @@ __all__ = ["ENCODERS", "CLASSIFIERS", "Encoder", "Conv4", "ResNet12", "build_enc
 
 ENCODERS = Registry("encoder", passthrough=nn.Module, ignore_case=True)
 CLASSIFIERS = Registry("classifier")  # base-class logits of the joint cross-entropy: (dim, classes) -> module
-CLASSIFIERS.register("linear", nn.Linear, options={}, doc="a linear layer over the embedding.")
 
 # Options that only say where the starting weights come from: a checkpoint holds the weights
 # themselves, so its spec leaves these out and loading never reads that file or downloads.
@@ -172,6 +171,12 @@ def resnet50(in_channels: int = 3, weights: str | os.PathLike | None = None,
 
 
 # ------------------------------------------------------------------ wrapper
+@CLASSIFIERS.register("linear")
+def linear_classifier(dim: int, num_classes: int) -> nn.Module:
+    """A linear layer over the embedding."""
+    return nn.Linear(dim, num_classes)
+
+
 @CLASSIFIERS.register("cosine")
 class CosineClassifier(nn.Module):
     """Base-class logits as scaled cosine similarities to learned class weights (Baseline++,
@@ -208,7 +213,7 @@ class Encoder(nn.Module):
             self.projection = nn.Identity()
             self.embedding_dim = self.feature_dim
         self.num_classes = int(num_classes)
-        self.classifier = CLASSIFIERS.get(classifier).obj(self.embedding_dim, self.num_classes)
+        self.classifier = CLASSIFIERS.create(classifier, dim=self.embedding_dim, num_classes=self.num_classes)
         self.spec = dict(spec or {})
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -36,7 +36,7 @@ for _name, _cls, _proxy in (
         ("triplet", losses.TripletMarginLoss, False), ("multisimilarity", losses.MultiSimilarityLoss, False),
         ("ntxent", losses.NTXentLoss, False), ("supcon", losses.SupConLoss, False),
         ("arcface", losses.ArcFaceLoss, True), ("proxyanchor", losses.ProxyAnchorLoss, True)):
-    LOSSES.register(_name, _cls, skip=_SUPPLIED, proxy=_proxy, doc=f"PML {_cls.__name__}.")
+    LOSSES.register(_name, _cls, skip=_SUPPLIED if _proxy else (), proxy=_proxy, doc=f"PML {_cls.__name__}.")
 
 MINERS = Registry("miner", passthrough=torch.nn.Module, ignore_case=True)
 MINERS.register("multisimilarity", miners.MultiSimilarityMiner, doc="PML MultiSimilarityMiner.")
@@ -62,7 +62,7 @@ def distance_name(distance: str | distances.BaseDistance) -> str:
 
 def is_proxy_loss(loss: str | torch.nn.Module) -> bool:
     """Whether ``loss`` names a loss with learned class proxies (arcface, proxyanchor)."""
-    return isinstance(loss, str) and LOSSES.get(loss).proxy
+    return isinstance(loss, str) and bool(LOSSES.get(loss).meta.get("proxy"))
 
 
 def build_loss(name_or_loss: str | BaseMetricLossFunction, *,

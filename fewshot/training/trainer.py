@@ -69,8 +69,8 @@ __all__ = ["TrainConfig", "TrainResult", "load_recipe", "RECIPES", "train", "rot
 
 RECIPE_DIR = Path(__file__).resolve().parent.parent / "recipes"
 RECIPES = Registry("recipe", call=False, note="or give a .toml file")
-for _path in sorted(RECIPE_DIR.glob("*.toml")):
-    RECIPES.register(_path.stem, _path)
+for _path in sorted(RECIPE_DIR.glob("*.toml")):  # documented by the first line of the file
+    RECIPES.register(_path.stem, _path, doc=_path.read_text().split("\n", 1)[0].lstrip("# "))
 OPTIMIZERS = Registry("optimizer", call=False)
 OPTIMIZERS.register("sgd", doc="SGD with Nesterov momentum (when momentum > 0)")
 OPTIMIZERS.register("adamw", doc="AdamW")
