@@ -19,6 +19,10 @@ FACTOR_FLAGS = {  # flag -> (factor, type of one level)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from fewshot.models.encoders import ENCODERS
+    from fewshot.models.losses import LOSSES, MINERS
+    from fewshot.registry import choices_help
+
     p.add_argument("--grid", default=None, metavar="TOML",
                    help="grid file (see benchmarks/ablations/*.toml); flags below override its entries")
     p.add_argument("--out", default=None, metavar="DIR",
@@ -33,12 +37,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     d.add_argument("--within-group", action="store_true", help="within-group episodes on every --novel set")
     f = p.add_argument_group("factors (comma-separated levels; one level = a fixed setting)")
     f.add_argument("--mode", help="metric, episodic")
-    f.add_argument("--loss", help="circle, contrastive, triplet, multisimilarity, ...")
-    f.add_argument("--miner", help="multisimilarity, none, triplet-semihard, batch-hard")
+    f.add_argument("--loss", help=choices_help(LOSSES))
+    f.add_argument("--miner", help=choices_help(MINERS))
     f.add_argument("--weights", help="W_METRIC/W_CE pairs, e.g. 0.1/1,1/0,0/1")
     f.add_argument("--m", help="images per class in a batch, e.g. 2,4,8")
     f.add_argument("--embedding-dim", help="projection sizes, e.g. none,64")
-    f.add_argument("--encoder", help="conv4, resnet12, ...")
+    f.add_argument("--encoder", help=choices_help(ENCODERS))
     f.add_argument("--episodic-head", help="proto (ProtoNet), ls (R2-D2)")
     f.add_argument("--epochs", help="training epochs")
     f.add_argument("--lr", help="learning rates")

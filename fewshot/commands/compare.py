@@ -11,7 +11,11 @@ HELP = "train an encoder, then compare few-shot heads on novel classes (default:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from fewshot.evaluation.features import TRANSFORMS
     from fewshot.experiments.compare import DEFAULT_HEADS
+    from fewshot.models.encoders import ENCODERS
+    from fewshot.models.losses import DISTANCES, LOSSES, MINERS
+    from fewshot.registry import choices_help
 
     d = p.add_argument_group("data")
     d.add_argument("--data", default="glyphs",
@@ -29,10 +33,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     t = p.add_argument_group("training (override the recipe)")
     t.add_argument("--recipe", default=None,
                    help="TRAIN recipe name or .toml file (default: the one named after the data kind)")
-    t.add_argument("--encoder", default=None, help="conv4, resnet12, resnet18, resnet50")
+    t.add_argument("--encoder", default=None, help=choices_help(ENCODERS))
     t.add_argument("--embedding-dim", type=int, default=None)
-    t.add_argument("--loss", default=None, help="circle, contrastive, triplet, multisimilarity, ...")
-    t.add_argument("--miner", default=None, help="multisimilarity, triplet-semihard, batch-hard, none")
+    t.add_argument("--loss", default=None, help=choices_help(LOSSES))
+    t.add_argument("--miner", default=None, help=choices_help(MINERS))
     t.add_argument("--w-metric", type=float, default=None, help="weight of the metric loss")
     t.add_argument("--w-ce", type=float, default=None, help="weight of the joint cross-entropy")
     t.add_argument("--m", type=int, default=None, help="images per class in a batch (M-per-class sampler)")
@@ -54,9 +58,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     e.add_argument("--query", type=int, default=15, help="query images per class (default 15)")
     e.add_argument("--episodes", type=int, default=2000, help="fixed episodes per shot (default 2000)")
     e.add_argument("--episode-seed", type=int, default=0, help="episode sampling seed (default 0)")
-    e.add_argument("--transform", choices=("none", "l2", "cl2n"), default=None,
+    e.add_argument("--transform", choices=TRANSFORMS, default=None,
                    help="feature transform (default: the checkpoint's distance decides)")
-    e.add_argument("--distance", choices=("cosine", "euclidean"), default=None)
+    e.add_argument("--distance", choices=DISTANCES, default=None)
     e.add_argument("--within-group", action="store_true", help="all classes of an episode from one group")
     e.add_argument("--tsne", action="store_true", help="also plot a t-SNE of novel features")
     add_tta_arguments(e, "the recipe's, as recorded in the checkpoint")

@@ -351,7 +351,7 @@ def check_config(cfg: TrainConfig, world: int | None = None) -> None:
     for registry, name in ((ENCODERS, cfg.encoder), (LOSSES, cfg.loss), (MINERS, cfg.miner),
                            (DISTANCES, cfg.distance), (OPTIMIZERS, cfg.optimizer), (SAMPLERS, cfg.sampler)):
         if isinstance(name, str):
-            registry.parse(name)  # unknown names: one line listing the valid ones
+            registry.get(name)  # unknown names: one line listing the valid ones
     for name in ("batch_size", "m", "epochs", "val_every", "val_tta"):
         if int(getattr(cfg, name)) < 1:
             raise FewShotError(f"{name.replace('_', '-')} must be a positive integer, "
