@@ -45,12 +45,6 @@ class Entry:
     meta: dict = dataclasses.field(default_factory=dict)
     doc: str = ""
 
-    def __getattr__(self, key: str) -> Any:  # entry.proxy for meta={"proxy": True}
-        try:
-            return self.__dict__["meta"][key]
-        except KeyError:
-            raise AttributeError(key) from None
-
 
 class Registry:
     """Names -> factories (or objects), one kind each (``"loss"``, ``"head"``...).
@@ -79,7 +73,7 @@ class Registry:
         Options come from ``obj``'s signature and type hints, minus ``skip`` (keywords the calling
         code supplies itself, e.g. ``in_channels``: passed on unchecked), or from ``options``
         (name -> type, or :class:`Option`). ``meta`` holds facts about the entry (``proxy=True``),
-        read back as attributes of :meth:`get`'s entry and filtered on by :meth:`names`.
+        read back as ``entry.meta`` and filtered on by :meth:`names`.
         """
         if obj is None and self.call:
             return lambda o: self.register(name, o, options=options, skip=skip, doc=doc, **meta)

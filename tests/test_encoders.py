@@ -104,8 +104,9 @@ def test_unknown_classifier_is_refused():
 def test_encoder_options_are_typed_and_checked():
     """Texts (``--encoder-arg width=16``) are typed by the backbone's signature; the spec records
     the typed values, so a checkpoint rebuilds the same architecture."""
-    a = build_encoder("conv4", in_channels=1, num_classes=3, image_size=28, width="8,8,16,16", last_pool="false")
-    b = build_encoder("conv4", in_channels=1, num_classes=3, image_size=28, width=[8, 8, 16, 16], last_pool=False)
+    kw = dict(in_channels=1, num_classes=3, image_size=28)
+    a = build_encoder("conv4", **kw, width="8,8,16,16", last_pool="false")
+    b = build_encoder("conv4", **kw, width=[8, 8, 16, 16], last_pool=False)
     assert a.spec == b.spec and a.spec["kwargs"]["width"] == [8, 8, 16, 16] and a.embedding_dim == 144
     assert build_encoder("resnet12", in_channels=3, num_classes=2, drop_rate="0.1",
                          image_size=32).spec["kwargs"] == {"drop_rate": 0.1, "image_size": 32}

@@ -108,7 +108,7 @@ def test_objects_pass_through_unchanged():
 
 
 def test_entries_carry_facts_and_tables_of_objects():
-    assert TOYS.names(flavour="sour") == ("other",) and TOYS.get("thing").flavour == "sweet"
+    assert TOYS.names(flavour="sour") == ("other",) and TOYS.get("thing").meta["flavour"] == "sweet"
     assert "thing" in TOYS and "Thing" not in TOYS and len(TOYS) == 2 and list(TOYS) == ["thing", "other"]
     assert "Conv4" in ENCODERS and ENCODERS.get("Conv4").name == "conv4"  # encoder names ignore case
     assert LOSSES.names(proxy=True) == ("arcface", "proxyanchor")
