@@ -3,7 +3,7 @@ import torch
 from torch import nn
 
 from fewshot.errors import FewShotError
-from fewshot.models.encoders import ENCODERS, build_encoder
+from fewshot.models.encoders import ENCODERS, build_encoder, typed_encoder_args
 
 
 @pytest.mark.parametrize("channels,size,dim", [(1, 28, 64), (3, 84, 1600)])
@@ -115,3 +115,8 @@ def test_encoder_options_are_typed_and_checked():
     with pytest.raises(FewShotError, match="encoder 'conv4' option pool='max': expected one of flatten, avg"):
         build_encoder("conv4", in_channels=1, num_classes=3, pool="max")
     assert build_encoder("Conv4", in_channels=1, num_classes=3, image_size=28).spec["name"] == "conv4"
+    # the CLI types --encoder-arg texts the same way before they are recorded in the config
+    assert typed_encoder_args("resnet12", {"classifier": "cosine", "drop_rate": "0", "image_size": 84}) == {
+        "classifier": "cosine", "drop_rate": 0.0, "image_size": 84}
+    with pytest.raises(FewShotError, match="unknown classifier 'mlp'; choose one of linear, cosine"):
+        typed_encoder_args("conv4", {"classifier": "mlp"})

@@ -8,7 +8,7 @@ import warnings
 
 from episodes.atomic import ensure_writable_dir
 from fewshot.errors import FewShotError
-from fewshot.models.encoders import ENCODERS
+from fewshot.models.encoders import ENCODERS, typed_encoder_args
 from fewshot.models.losses import DISTANCES, LOSSES, MINERS
 from fewshot.options import declared, parse_pairs, typed_options
 from fewshot.registry import choices_help
@@ -102,7 +102,7 @@ def build_config(args: argparse.Namespace):
         "augment": parse_pairs(args.augment_arg, "--augment-arg") if args.augment_arg else None,
     }
     cfg = TrainConfig.resolve(args.recipe, **overrides)
-    cfg.encoder_args = ENCODERS.options(cfg.encoder, **cfg.encoder_args)[1]
+    cfg.encoder_args = typed_encoder_args(cfg.encoder, cfg.encoder_args)
     cfg.loss_args = LOSSES.options(cfg.loss, **cfg.loss_args)[1]
     cfg.augment = typed_options(declared(Augment)[0], cfg.augment, "augmentation")
     return cfg

@@ -20,8 +20,8 @@ from torch import nn
 from fewshot.errors import FewShotError
 from fewshot.registry import Registry
 
-__all__ = ["ENCODERS", "CLASSIFIERS", "Encoder", "Conv4", "ResNet12", "build_encoder", "encoder_spec",
-           "INIT_ONLY"]
+__all__ = ["ENCODERS", "CLASSIFIERS", "Encoder", "Conv4", "ResNet12", "build_encoder", "typed_encoder_args",
+           "encoder_spec", "INIT_ONLY"]
 
 ENCODERS = Registry("encoder", passthrough=nn.Module, ignore_case=True)
 CLASSIFIERS = Registry("classifier")  # base-class logits of the joint cross-entropy: (dim, classes) -> module
@@ -238,6 +238,19 @@ def _feature_dim(module: nn.Module, in_channels: int, image_size: int) -> int:
     return int(out.flatten(1).shape[1])
 
 
+def typed_encoder_args(name: str, args: dict) -> dict:
+    """Encoder options (``--encoder-arg`` texts or typed values) typed by the declared options of
+    backbone ``name``, in their order: ``classifier`` must name a ``CLASSIFIERS`` entry, and
+    ``image_size`` (passed by the trainer to every encoder) is kept as it is for backbones that
+    have no use for it."""
+    entry = ENCODERS.get(name)
+    if "classifier" in args:
+        CLASSIFIERS.get(args["classifier"])
+    own = {k: v for k, v in args.items() if k != "classifier" and (k != "image_size" or k in entry.options)}
+    typed = ENCODERS.options(entry.name, **own)[1]
+    return {k: typed.get(k, v) for k, v in args.items()}
+
+
 def build_encoder(name_or_module: str | nn.Module, *, in_channels: int, num_classes: int,
                   embedding_dim: int | None = None, **kw) -> Encoder:
     """An :class:`Encoder` by registry name (see ``ENCODERS``) or around any backbone module.
@@ -262,16 +275,13 @@ def build_encoder(name_or_module: str | nn.Module, *, in_channels: int, num_clas
                 "num_classes": num_classes, "embedding_dim": embedding_dim, "kwargs": {}, "custom": True}
         return Encoder(name_or_module, dim, num_classes, embedding_dim, spec, classifier)
     entry = ENCODERS.get(str(name_or_module))
-    if "image_size" not in entry.options:  # the trainer passes it to every encoder; only conv4 uses it
-        kw_backbone = {k: v for k, v in kw.items() if k != "image_size"}
-    else:
-        kw_backbone = kw
-    options = ENCODERS.options(entry.name, **kw_backbone)[1]
-    backbone = ENCODERS.create(entry.name, in_channels=in_channels, **options)
+    options = typed_encoder_args(entry.name, kw)
+    backbone = ENCODERS.create(entry.name, in_channels=in_channels,
+                               **{k: v for k, v in options.items() if k in entry.options})
     spec = {"name": entry.name, "in_channels": in_channels, "num_classes": num_classes,
             "embedding_dim": embedding_dim,
-            "kwargs": {k: (os.fspath(v) if isinstance(v, os.PathLike) else v)
-                       for k, v in {**kw, **options}.items() if k not in INIT_ONLY}}
+            "kwargs": {k: (os.fspath(v) if isinstance(v, os.PathLike) else v) for k, v in options.items()
+                       if k not in INIT_ONLY}}
     if classifier != "linear":
         spec["kwargs"]["classifier"] = classifier
     return Encoder(backbone, backbone.out_dim, num_classes, embedding_dim, spec, classifier)
