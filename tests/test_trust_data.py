@@ -118,7 +118,7 @@ def test_head_options_are_typed():
     ("ls:dtype=int8", "float16, bfloat16, float32, float64"),
     ("nn:k", "must be key=value"),
     ("nn:k=1,k=2", "given twice"),
-    ("nn:depth=3", "valid: k, distance, weighted"),
+    ("nn:depth=3", "valid: k: int = 1, distance: str = 'euclidean', weighted: bool = True"),
 ])
 def test_bad_head_option_is_one_line_listing_what_is_accepted(spec, words):
     with pytest.raises(FewShotError) as err:

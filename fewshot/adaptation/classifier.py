@@ -33,7 +33,7 @@ from fewshot.errors import FewShotError
 from fewshot.evaluation.features import TRANSFORMS, transform
 from fewshot.evaluation.inference import inference_model, prepare_input, threads
 from fewshot.evaluation.tta import TTA
-from fewshot.heads import get_head
+from fewshot.heads import HEADS, get_head
 from fewshot.heads.base import Fitted, IncrementalHead
 from fewshot.heads.ls import FittedLinear
 from fewshot.heads.nn import FittedNN
@@ -45,7 +45,7 @@ __all__ = ["FORMAT", "VERSION", "HEAD_KINDS", "FewShotClassifier", "Predictions"
 
 FORMAT = "fewshot-classifier"
 VERSION = 1
-HEAD_KINDS = ("proto", "ls", "nn")   # the heads with an incremental fit and an exact LOO estimate
+HEAD_KINDS = HEADS.names(adaptable=True)  # the heads with an incremental fit and an exact LOO estimate
 FITTED: dict[str, type] = {"proto": FittedProto, "ls": FittedLinear, "nn": FittedNN}
 SMALL_BATCH = 16  # predictions on fewer images run single-threaded (see predict_proba)
 
@@ -55,8 +55,7 @@ def feature_transform(features: torch.Tensor, kind: str,
                       base_mean: torch.Tensor | None = None) -> torch.Tensor:
     """``none``, ``l2`` (unit length) or ``cl2n`` (subtract the base-class mean, then unit length):
     :func:`fewshot.evaluation.features.transform`, so adaptation and evaluation agree."""
-    if kind not in TRANSFORMS:
-        raise FewShotError(f"unknown feature transform {kind!r}; valid: {', '.join(TRANSFORMS)}")
+    TRANSFORMS.get(kind)
     if kind == "cl2n" and base_mean is None:
         raise FewShotError("the cl2n transform needs the base-class mean, which this checkpoint lacks")
     return transform(features, kind, base_mean=base_mean)

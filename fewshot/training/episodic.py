@@ -26,10 +26,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from episodes import EpisodeSpec, ImageSet, sample_episodes
-from fewshot.errors import FewShotError, from_options
+from fewshot.errors import FewShotError
 from fewshot.models.checkpoint import save_checkpoint, state_hash
 from fewshot.models.encoders import build_encoder, encoder_spec
 from fewshot.models.preprocess import Preprocess
+from fewshot.options import from_options
 from fewshot.progress import progress as progress_bar
 from fewshot.training.augment import Augment
 from fewshot.training.trainer import resolve_device
@@ -99,7 +100,7 @@ class EpisodicConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> EpisodicConfig:
-        return from_options(cls, d, "episodic training options")
+        return from_options(cls, d, "episodic training")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -29,22 +29,24 @@ import torch.nn.functional as F
 
 from episodes import EpisodeSpec, ImageSet, sample_episodes
 from episodes.atomic import atomic_write_text
-from fewshot.errors import FewShotError, check_option_types, from_options
+from fewshot.errors import FewShotError
 from fewshot.evaluation.features import embed
 from fewshot.evaluation.tta import DRAWING_AUGMENT, TTA, default_augment, tta_from_config
 from fewshot.models.checkpoint import load_checkpoint, save_checkpoint, state_hash
 from fewshot.models.encoders import ENCODERS, INIT_ONLY, build_encoder, encoder_spec
 from fewshot.models.losses import (
+    DISTANCES,
     LOSSES,
     MINERS,
-    PROXY_LOSSES,
     build_loss,
     build_miner,
     distance_name,
-    parse_loss_args,
+    is_proxy_loss,
 )
 from fewshot.models.preprocess import Preprocess
+from fewshot.options import check_option_types, from_options
 from fewshot.progress import progress as progress_bar
+from fewshot.registry import Registry
 from fewshot.training.augment import Augment
 from fewshot.training.faults import (
     DeferredInterrupt,
@@ -66,9 +68,15 @@ __all__ = ["TrainConfig", "TrainResult", "load_recipe", "RECIPES", "train", "rot
            "embed_tta"]
 
 RECIPE_DIR = Path(__file__).resolve().parent.parent / "recipes"
-RECIPES = sorted(p.stem for p in RECIPE_DIR.glob("*.toml"))
-OPTIMIZERS = ("sgd", "adamw")
-SAMPLERS = ("mperclass", "random")
+RECIPES = Registry("recipe", call=False, note="or give a .toml file")
+for _path in sorted(RECIPE_DIR.glob("*.toml")):  # documented by the first line of the file
+    RECIPES.register(_path.stem, _path, doc=_path.read_text().split("\n", 1)[0].lstrip("# "))
+OPTIMIZERS = Registry("optimizer", call=False)
+OPTIMIZERS.register("sgd", doc="SGD with Nesterov momentum (when momentum > 0)")
+OPTIMIZERS.register("adamw", doc="AdamW")
+SAMPLERS = Registry("sampler", call=False)
+SAMPLERS.register("mperclass", doc="PML MPerClassSampler: m images of each of batch/m classes")
+SAMPLERS.register("random", doc="plain random batches")
 
 
 @dataclass
@@ -132,7 +140,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
-        return from_options(cls, d, "training settings")
+        return from_options(cls, d, "training")
 
     @classmethod
     def resolve(cls, recipe: str | None = None, **overrides) -> TrainConfig:
@@ -173,10 +181,7 @@ def load_recipe(name: str) -> dict:
     """A shipped recipe (``fewshot/recipes/<name>.toml``) or a TOML file path, as a flat dict."""
     path = Path(name)
     if not (path.suffix == ".toml" and path.exists()):
-        path = RECIPE_DIR / f"{name}.toml"
-        if not path.exists():
-            raise FewShotError(f"unknown recipe {name!r}; choose one of {', '.join(RECIPES)} "
-                               "or give a .toml file")
+        path = RECIPES.create(name)
     try:
         with open(path, "rb") as fh:
             recipe = tomllib.load(fh)
@@ -343,18 +348,10 @@ def episode_accuracy(features: torch.Tensor, episodes, distance: str = "cosine")
 def check_config(cfg: TrainConfig, world: int | None = None) -> None:
     """Checks that need no data: names, positive sizes, batch divisibility. One-line FewShotError."""
     world = _dist_info()[1] if world is None else world
-    if isinstance(cfg.encoder, str) and cfg.encoder.lower() not in ENCODERS:
-        raise FewShotError(f"unknown encoder {cfg.encoder!r}; choose one of {', '.join(ENCODERS)}")
-    if isinstance(cfg.loss, str) and cfg.loss.lower() not in LOSSES:
-        raise FewShotError(f"unknown loss {cfg.loss!r}; choose one of {', '.join(LOSSES)}")
-    if isinstance(cfg.miner, str) and cfg.miner.lower() not in MINERS:
-        raise FewShotError(f"unknown miner {cfg.miner!r}; choose one of {', '.join(MINERS)}")
-    if cfg.distance not in ("cosine", "euclidean"):
-        raise FewShotError(f"unknown distance {cfg.distance!r}; choose cosine or euclidean")
-    if cfg.optimizer not in OPTIMIZERS:
-        raise FewShotError(f"unknown optimizer {cfg.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
-    if cfg.sampler not in SAMPLERS:
-        raise FewShotError(f"unknown sampler {cfg.sampler!r}; choose one of {', '.join(SAMPLERS)}")
+    for registry, name in ((ENCODERS, cfg.encoder), (LOSSES, cfg.loss), (MINERS, cfg.miner),
+                           (DISTANCES, cfg.distance), (OPTIMIZERS, cfg.optimizer), (SAMPLERS, cfg.sampler)):
+        if isinstance(name, str):
+            registry.get(name)  # unknown names: one line listing the valid ones
     for name in ("batch_size", "m", "epochs", "val_every", "val_tta"):
         if int(getattr(cfg, name)) < 1:
             raise FewShotError(f"{name.replace('_', '-')} must be a positive integer, "
@@ -531,7 +528,7 @@ def _train(config: TrainConfig, data: ImageSet, val: ImageSet | None, out_dir: P
     # channels_last on every device: oneDNN convolutions on CPU run ~1.5x faster in NHWC too
     model = model.to(device).to(memory_format=torch.channels_last)
 
-    loss_args = parse_loss_args(cfg.loss_args)
+    loss_args = cfg.loss_args
     loss_name = cfg.loss if loss is None else type(loss).__name__
     if cfg.w_metric > 0:
         metric_loss = build_loss(loss if loss is not None else cfg.loss, distance=cfg.distance,
@@ -539,7 +536,7 @@ def _train(config: TrainConfig, data: ImageSet, val: ImageSet | None, out_dir: P
                                  **loss_args).to(device)
     else:  # pure cross-entropy ("Baseline"): no metric loss at all
         metric_loss = torch.nn.Module()
-    is_proxy = loss is None and str(cfg.loss).lower() in PROXY_LOSSES
+    is_proxy = loss is None and is_proxy_loss(cfg.loss)
     metric_miner = None
     if not is_proxy and cfg.w_metric > 0:
         metric_miner = build_miner(miner if miner is not None else cfg.miner, distance=cfg.distance)
