@@ -49,7 +49,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     f.add_argument("--shot", "--shots", dest="shot", help="shots, e.g. 1,5,10,20")
     f.add_argument("--transform", help="default, none, l2, cl2n")
     o = p.add_argument_group("fixed settings")
-    o.add_argument("--recipe", default=None, help="TRAIN recipe the metric cells start from")
+    o.add_argument("--recipe", default=None, help="training recipe the metric cells start from")
     o.add_argument("--set", action="append", type=key_value, default=[], metavar="K=V",
                    help="fixed training setting for metric cells (TrainConfig field), repeatable")
     o.add_argument("--episodic-set", action="append", type=key_value, default=[], metavar="K=V",
@@ -91,7 +91,7 @@ def _level(text: str, kind, flag: str):
 def build_grid(args: argparse.Namespace):
     """The grid of ``--grid`` with every flag applied on top."""
     from fewshot.errors import FewShotError
-    from fewshot.experiments.ablate import grid_from_dict, read_grid_file
+    from fewshot.experiments.grid import grid_from_dict, read_grid_file
     from fewshot.models.losses import parse_loss_args
 
     doc: dict = {}
@@ -142,14 +142,8 @@ def build_grid(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from fewshot.experiments.ablate import (
-        format_comparisons,
-        format_table,
-        load_results,
-        run_ablation,
-        summarize,
-        write_summary,
-    )
+    from fewshot.experiments.ablate import load_results, run_ablation
+    from fewshot.experiments.summary import format_comparisons, format_table, summarize, write_summary
 
     grid = build_grid(args)
     out = Path(args.out) if args.out else Path("runs") / f"ablate-{grid.name}"

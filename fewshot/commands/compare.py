@@ -28,7 +28,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     d.add_argument("--val-split", default=None, help="split of --val")
     t = p.add_argument_group("training (override the recipe)")
     t.add_argument("--recipe", default=None,
-                   help="TRAIN recipe name or .toml file (default: the one named after the data kind)")
+                   help="training recipe name or .toml file (default: the one named after the data kind)")
     t.add_argument("--encoder", default=None, help="conv4, resnet12, resnet18, resnet50")
     t.add_argument("--embedding-dim", type=int, default=None)
     t.add_argument("--loss", default=None, help="circle, contrastive, triplet, multisimilarity, ...")
