@@ -168,10 +168,11 @@ class Protocol:
             return self.resolve(self.kind)
         path = os.fspath(location)
         if self.default_set:   # the set's zip or folder inside ``location``, else the set option
-            stem = "images_" + self.default_set if self.default_set == "background" \
-                else "images_background_" + self.default_set
-            found = [os.path.join(path, n) for n in (stem + ".zip", stem) if os.path.exists(os.path.join(path, n))]
-            return self.resolve(f"{self.kind}:{found[0]}" if found else f"{self.kind}:{path}?set={self.default_set}")
+            stem = os.path.join(path, "images_" + self.default_set if self.default_set == "background"
+                                else "images_background_" + self.default_set)
+            found = [p for p in (stem + ".zip", stem) if os.path.exists(p)]
+            spec = f"{self.kind}:{found[0]}" if found else f"{self.kind}:{path}?set={self.default_set}"
+            return self.resolve(spec)
         return self.resolve(f"{self.kind}:{path}")
 
 
@@ -179,7 +180,8 @@ class Protocol:
 def _source(spec: DataSpec, text: str) -> str:
     """``text`` without its selection options: the source itself (kind, paths, kind options)."""
     body, _, query = text.partition("?")
-    keep = [item for item in query.split("&") if item and item.partition("=")[0].strip() not in COMMON_OPTIONS]
+    keep = [item for item in query.split("&")
+            if item and item.partition("=")[0].strip() not in COMMON_OPTIONS]
     return body + ("?" + "&".join(keep) if keep else "")
 
 
@@ -236,7 +238,8 @@ PROTOCOLS: dict[str, Protocol] = {p.name: p for p in (
              _omniglot, test_episodes=EpisodeProtocol(20, (1, 5), 5, 1000), default_set="background"),
     Protocol("omniglot-runs", "omniglot-runs", "the 20 fixed 20-way 1-shot one-shot challenge runs",
              lambda spec, text: (None, None, DataRef(text)), test_episodes=EpisodeProtocol(20, (1,), 1, 20)),
-    Protocol("miniimagenet", "miniimagenet", "miniImageNet, Ravi & Larochelle split: 64 base, 16 val, 20 novel",
+    Protocol("miniimagenet", "miniimagenet",
+             "miniImageNet, Ravi & Larochelle split: 64 base, 16 val, 20 novel",
              _splits, val_episodes=EpisodeProtocol(5, (1, 5), 15, 600),
              test_episodes=EpisodeProtocol(5, (1, 5), 15, 2000), one_source=True),
     Protocol("folder", "folder", "an image folder: the classes to train on",

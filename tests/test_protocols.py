@@ -49,7 +49,7 @@ def test_sets_keep_the_source_and_drop_selections():
     assert (mini.val.joined(), mini.novel.joined()) == ("miniimagenet:/d/mini?split=val",
                                                         "miniimagenet:/d/mini?split=novel")
     minimal = protocol_for(SMALL1)
-    assert minimal.val.spec == f"{SMALL2}?groups=Japanese_(katakana),Sanskrit"        # relative stays relative
+    assert minimal.val.spec == f"{SMALL2}?groups=Japanese_(katakana),Sanskrit"  # relative stays relative
     assert minimal.novel.spec == f"{SMALL2}?groups=Japanese_(katakana),Sanskrit,Tagalog"
     assert protocol_for("omniglot:/d/images_background.zip").novel.spec == "omniglot:/d/images_evaluation.zip"
     with pytest.raises(DatasetError, match="protocol digits has no base set"):
@@ -113,7 +113,8 @@ OLD_RECIPE_VAL = {  # recipe: (val template, val_way, val_shots, val_query, val_
     "miniimagenet": ("miniimagenet:{data_path}?split=val", 5, [1, 5], 15, 600, False),
 }
 RECIPE_DATA = {"omniglot": [SMALL1, "omniglot:/abs/o/images_background_small1.zip?groups=Latin"],
-               "miniimagenet-conv4": ["miniimagenet:../shared/data/miniimagenet", "miniimagenet:/d/mini/?max_per_class=5"],
+               "miniimagenet-conv4": ["miniimagenet:../shared/data/miniimagenet",
+                                      "miniimagenet:/d/mini/?max_per_class=5"],
                "miniimagenet": ["miniimagenet:~/mini", "miniimagenet:rel/mini"]}
 
 
@@ -143,7 +144,10 @@ OLD_GRID_SETS = {  # grid file: its evaluation sets (name, data, split) as the f
 }
 
 
-@pytest.mark.parametrize("path", sorted((ROOT / "benchmarks" / "ablations").glob("*.toml")), ids=lambda p: p.stem)
+GRID_FILES = sorted((ROOT / "benchmarks" / "ablations").glob("*.toml"))
+
+
+@pytest.mark.parametrize("path", GRID_FILES, ids=lambda p: p.stem)
 def test_grid_files_resolve_the_sets_they_spelled_out(path):
     if path.stem == "photos-domain-shift":
         pytest.skip("needs the two trained encoders it scores")

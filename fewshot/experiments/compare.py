@@ -182,7 +182,8 @@ def compare(config: CompareConfig | None = None, *, progress: bool = True) -> Co
     _say(f"novel classes {novel.describe()}", progress)
     # the fixed evaluation episodes, drawn before training so an impossible request fails at once;
     # nested: the same classes and queries at every shot, the first k support images of each class
-    protocol = EpisodeProtocol(cfg.way, cfg.shots, cfg.query, cfg.episodes, cfg.within_group, cfg.episode_seed)
+    protocol = EpisodeProtocol(cfg.way, cfg.shots, cfg.query, cfg.episodes, cfg.within_group,
+                               cfg.episode_seed)
     nested = protocol.sample_nested(novel)
     out.mkdir(parents=True, exist_ok=True)
     manifests = [save_manifest(out / f"episodes-{eps.spec.shot}shot.json", eps, novel) for eps in nested]

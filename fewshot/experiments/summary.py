@@ -117,7 +117,8 @@ def format_table(grid: Grid, summary: dict, markdown: bool = True) -> str:
     head = ["set", *shown, "accuracy %", "± CI (seeds)", "± CI (episodes)", "seeds"]
     lines = []
     for row in summary["rows"]:
-        lines.append([row["set"], *(format_level(row["factors"].get(f, "-")) for f in shown), _pct(row["mean"]),
+        lines.append([row["set"], *(format_level(row["factors"].get(f, "-")) for f in shown),
+                      _pct(row["mean"]),
                       _pct(row["ci95_seeds"]), _pct(row["ci95_episodes"]), str(row["seeds"])])
     return _render(head, lines, markdown)
 
@@ -127,7 +128,8 @@ def format_comparisons(summary: dict, markdown: bool = True) -> str:
     lines = []
     for c in summary["comparisons"]:
         where = ", ".join(f"{k}={format_level(v)}" for k, v in c["context"].items()) or "-"
-        lines.append([c["set"], c["factor"], format_level(c["a"]), format_level(c["b"]), where, f"{100 * c['diff']:+.2f}",
+        lines.append([c["set"], c["factor"], format_level(c["a"]), format_level(c["b"]), where,
+                      f"{100 * c['diff']:+.2f}",
                       f"{100 * c['ci95']:.2f}", _p(c["p_holm"]), f"{c['seeds_agree']}/{c['seeds']}",
                       c["verdict"]])
     return _render(head, lines, markdown)

@@ -143,7 +143,7 @@ class TrainConfig:
             base.update(load_recipe(recipe))
             base["recipe"] = recipe
             _drop_foreign_encoder_args(base, overrides.get("encoder"), recipe)
-        if PROTOCOL_VAL in (base.get("val"), overrides.get("val")):   # the val episodes of the data's benchmark
+        if PROTOCOL_VAL in (base.get("val"), overrides.get("val")):   # the data's benchmark val episodes
             base = {**validation_settings(PROTOCOL_VAL, overrides.get("data")), **base}
         for key, value in overrides.items():
             if value is None:
