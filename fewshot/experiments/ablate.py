@@ -166,11 +166,9 @@ def score_checkpoint(checkpoint: Path, grid: Grid, sets: dict, manifests: dict, 
     shots = tuple(grid.factors["shot"])
     for es in grid.eval_sets:
         for transform in grid.factors["transform"]:
-            result = evaluate(checkpoint, sets[es.name], heads=heads, way=grid.way, shots=shots,
-                              query=grid.query, episodes=grid.episodes, seed=grid.episode_seed,
-                              transform=None if transform == "default" else transform,
-                              within_group=es.within_group,
-                              episodes_file=[manifests[es.name][k] for k in shots], progress=progress)
+            result = evaluate(checkpoint, sets[es.name], heads=heads,
+                              episodes=[manifests[es.name][k] for k in shots],
+                              transform=None if transform == "default" else transform, progress=progress)
             for head in heads:
                 for shot in shots:
                     acc = np.asarray(result.accuracy[(_head_key(head, result), shot)], dtype=np.float64)

@@ -202,10 +202,9 @@ def compare(config: CompareConfig | None = None, *, progress: bool = True) -> Co
 
     # ---------------------------------------------------------------- eval
     t0 = time.perf_counter()
-    result = evaluate(trained.best_path, novel, heads=list(cfg.heads), way=cfg.way, shots=cfg.shots,
-                      query=cfg.query, episodes=cfg.episodes, seed=cfg.episode_seed, transform=cfg.transform,
-                      distance=cfg.distance, within_group=cfg.within_group, episodes_file=manifests,
-                      tsne=cfg.tsne, progress=progress, tta_views=cfg.tta, tta_args=cfg.tta_args)
+    result = evaluate(trained.best_path, novel, heads=list(cfg.heads), episodes=manifests,
+                      transform=cfg.transform, distance=cfg.distance, tsne=cfg.tsne, progress=progress,
+                      tta_views=cfg.tta, tta_args=cfg.tta_args)
     files = write_report(result, out)
     t_eval = time.perf_counter() - t0
     seconds = {"data": round(t_data, 2), "train": round(t_train, 2), "eval": round(t_eval, 2),
