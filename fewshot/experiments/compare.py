@@ -41,7 +41,7 @@ class CompareConfig:
         val, val_split: validation classes for checkpoint selection (default: the recipe's; else the
             val split of a source with splits; else a seeded share of the base classes).
         recipe: the training recipe (default: the one named after the data kind, e.g. ``glyphs``,
-            sized so that the default run stays within 2 minutes on two CPU cores).
+            sized so that the default run stays short on a CPU).
         train: further training settings (``TrainConfig`` fields) that override the recipe.
         heads, way, shots, query, episodes, episode_seed: the evaluation protocol.
         transform, distance, within_group: as in ``fewshot eval``.
