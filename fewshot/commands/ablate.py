@@ -30,7 +30,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     d.add_argument("--data", default=None, help="training data spec (default glyphs)")
     d.add_argument("--split", default=None, help="training split (default base)")
     d.add_argument("--novel", action="append", default=None, metavar="[NAME=]SPEC",
-                   help="evaluation set (repeatable; default: the novel split of --data)")
+                   help="evaluation set (repeatable; default: the novel set of --data's benchmark protocol)")
     d.add_argument("--novel-split", default=None, help="split of every --novel spec")
     d.add_argument("--within-group", action="store_true", help="within-group episodes on every --novel set")
     f = p.add_argument_group("factors (comma-separated levels; one level = a fixed setting)")
