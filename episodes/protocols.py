@@ -158,8 +158,11 @@ class Protocol:
     default_set: str | None = None   # the Omniglot set :meth:`at` names in a folder (e.g. ``small1``)
 
     def resolve(self, spec: str) -> Benchmark:
-        """The sets of this benchmark for the data spec ``spec``."""
-        base, val, novel = self.sets(parse_spec(spec), spec.strip())
+        """The sets of this benchmark for the data spec ``spec`` (of this protocol's kind)."""
+        parsed = parse_spec(spec)
+        if parsed.kind != self.kind:
+            raise DatasetError(f"protocol {self.name} reads {self.kind} data, not {spec!r}")
+        base, val, novel = self.sets(parsed, spec.strip())
         return Benchmark(self, base, val, novel)
 
     def at(self, location: str | os.PathLike | None = None) -> Benchmark:

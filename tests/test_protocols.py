@@ -66,6 +66,8 @@ def test_protocol_at_a_folder(omniglot_dir):
     assert get_protocol("omniglot-minimal").at("/nowhere").base.spec == "omniglot:/nowhere?set=small1"
     assert get_protocol("glyphs").at().novel == DataRef("glyphs", "novel")
     assert get_protocol("miniimagenet").at("/m").val == DataRef("miniimagenet:/m", "val")
+    with pytest.raises(DatasetError, match="protocol miniimagenet reads miniimagenet data, not 'glyphs'"):
+        get_protocol("miniimagenet").resolve("glyphs")
 
 
 def test_minimal_omniglot_sets_load(omniglot_dir):
