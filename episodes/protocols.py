@@ -42,7 +42,8 @@ from .sampling import Episodes, EpisodeSpec, sample_episodes
 from .specs import COMMON_OPTIONS, DataSpec, load_data, parse_spec
 
 __all__ = ["EpisodeProtocol", "DataRef", "Protocol", "Benchmark", "PROTOCOLS", "PROTOCOL_VAL",
-           "get_protocol", "protocol_for", "training_split", "validation_spec", "validation_settings"]
+           "get_protocol", "protocol_for", "training_split", "default_validation", "validation_spec",
+           "validation_settings"]
 
 PROTOCOL_VAL = "protocol"   # a recipe's ``val``: the val set and val episodes of its data's protocol
 
@@ -282,6 +283,14 @@ def training_split(spec: str, split: str | None = None) -> str | None:
     if split is not None or "split" in parse_spec(spec).options:
         return split
     return "base" if protocol_for(spec).protocol.one_source else None
+
+
+def default_validation(spec: str, split: str | None) -> DataRef | None:
+    """The validation set a run takes when neither the caller nor the recipe names one: the val
+    split of a source whose sets are splits of one source, when training on its ``base`` split;
+    else None (base classes are held out)."""
+    bench = protocol_for(spec)
+    return bench.val if bench.protocol.one_source and split == "base" else None
 
 
 def _absolute(spec: str) -> str:

@@ -14,6 +14,7 @@ from episodes.protocols import (
     PROTOCOLS,
     DataRef,
     EpisodeProtocol,
+    default_validation,
     get_protocol,
     protocol_for,
     training_split,
@@ -58,6 +59,8 @@ def test_sets_keep_the_source_and_drop_selections():
     assert training_split("miniimagenet:/r?split=val") is None   # the spec's own choice stands
     assert training_split("miniimagenet:/r", "val") == "val"
     assert training_split("omniglot:/a.zip") is None and training_split("folder:/x") is None
+    assert default_validation("glyphs?alphabets=5", "base") == DataRef("glyphs?alphabets=5", "val")
+    assert default_validation("glyphs", "val") is None and default_validation(SMALL1, None) is None
 
 
 def test_protocol_at_a_folder(omniglot_dir):

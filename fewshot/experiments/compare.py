@@ -22,7 +22,14 @@ from datetime import datetime
 from pathlib import Path
 
 from episodes.atomic import atomic_write_text
-from episodes.protocols import DataRef, EpisodeProtocol, protocol_for, training_split, validation_spec
+from episodes.protocols import (
+    DataRef,
+    EpisodeProtocol,
+    default_validation,
+    protocol_for,
+    training_split,
+    validation_spec,
+)
 from fewshot.errors import FewShotError
 
 __all__ = ["DEFAULT_HEADS", "CompareConfig", "CompareResult", "compare", "default_out_dir"]
@@ -228,8 +235,7 @@ def _validation_set(cfg: CompareConfig, recipe_val: str | None) -> DataRef | Non
         return DataRef(cfg.val, cfg.val_split)
     if recipe_val:
         return DataRef(validation_spec(recipe_val, cfg.data))
-    bench = protocol_for(cfg.data)
-    return bench.val if bench.protocol.one_source and cfg.split == "base" else None
+    return default_validation(cfg.data, cfg.split)
 
 
 def _jsonable(d: dict) -> dict:
