@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from episodes import load_data
+from episodes.protocols import EpisodeProtocol
 from fewshot.errors import FewShotError
 from fewshot.evaluation.evaluate import evaluate
 from fewshot.models.checkpoint import load_encoder
@@ -31,7 +32,8 @@ def test_protonet_training_reduces_loss_and_beats_chance(glyphs_base, tmp_path):
     assert info["config"]["mode"] == "episodic" and info["distance"] == "euclidean"
     assert info["base_mean"].shape == (model.embedding_dim,)
     novel = load_data("glyphs?alphabets=5&per_class=8", "novel")
-    res = evaluate(result.best_path, novel, heads=["proto"], shots=(1,), query=3, episodes=40, progress=False)
+    res = evaluate(result.best_path, novel, heads=["proto"],
+                   episodes=EpisodeProtocol(shots=(1,), query=3, episodes=40), progress=False)
     assert res.accuracy[("proto", 1)].mean() > 0.35
 
 

@@ -16,6 +16,7 @@ from PIL import Image
 from episodes import load_data
 from episodes.decode import MAX_FILE_BYTES, read_zip_member
 from episodes.errors import DatasetError
+from episodes.protocols import EpisodeProtocol
 from fewshot.errors import FewShotError
 from fewshot.evaluation.evaluate import evaluate
 from fewshot.heads import get_head
@@ -46,7 +47,7 @@ def ckpt(tmp_path_factory):
 
 def _score(ckpt, root: Path, cache: Path) -> tuple[float, str]:
     data = load_data(f"folder:{root}")
-    result = evaluate(ckpt, data, heads="proto", way=4, shots=(1,), query=3, episodes=50, seed=0,
+    result = evaluate(ckpt, data, heads="proto", episodes=EpisodeProtocol(4, (1,), 3, 50, seed=0),
                       progress=False, cache_dir=cache)
     return float(np.mean(result.accuracy[("proto", 1)])), data.fingerprint
 

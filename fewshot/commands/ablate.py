@@ -32,7 +32,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     d.add_argument("--data", default=None, help="training data spec (default glyphs)")
     d.add_argument("--split", default=None, help="training split (default base)")
     d.add_argument("--novel", action="append", default=None, metavar="[NAME=]SPEC",
-                   help="evaluation set (repeatable; default: the novel split of --data)")
+                   help="evaluation set (repeatable; default: the novel set of --data's benchmark protocol)")
     d.add_argument("--novel-split", default=None, help="split of every --novel spec")
     d.add_argument("--within-group", action="store_true", help="within-group episodes on every --novel set")
     f = p.add_argument_group("factors (comma-separated levels; one level = a fixed setting)")
@@ -51,7 +51,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     f.add_argument("--shot", "--shots", dest="shot", help="shots, e.g. 1,5,10,20")
     f.add_argument("--transform", help="default, none, l2, cl2n")
     o = p.add_argument_group("fixed settings")
-    o.add_argument("--recipe", default=None, help="TRAIN recipe the metric cells start from")
+    o.add_argument("--recipe", default=None, help="training recipe the metric cells start from")
     o.add_argument("--set", action="append", default=[], metavar="K=V",
                    help="fixed training setting for metric cells (TrainConfig field), repeatable")
     o.add_argument("--episodic-set", action="append", default=[], metavar="K=V",
@@ -93,7 +93,7 @@ def _level(text: str, kind, flag: str):
 def build_grid(args: argparse.Namespace):
     """The grid of ``--grid`` with every flag applied on top."""
     from fewshot.errors import FewShotError
-    from fewshot.experiments.ablate import grid_from_dict, read_grid_file
+    from fewshot.experiments.grid import grid_from_dict, read_grid_file
     from fewshot.options import declared, parse_pairs, typed_options
     from fewshot.training.episodic import EpisodicConfig
     from fewshot.training.trainer import TrainConfig
@@ -149,14 +149,8 @@ def build_grid(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from fewshot.experiments.ablate import (
-        format_comparisons,
-        format_table,
-        load_results,
-        run_ablation,
-        summarize,
-        write_summary,
-    )
+    from fewshot.experiments.ablate import load_results, run_ablation
+    from fewshot.experiments.summary import format_comparisons, format_table, summarize, write_summary
 
     grid = build_grid(args)
     out = Path(args.out) if args.out else Path("runs") / f"ablate-{grid.name}"

@@ -24,15 +24,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     d.add_argument("--split", default=None,
                    help="split of --data to train on (default: base when it has one)")
     d.add_argument("--novel", default=None, metavar="SPEC",
-                   help="novel classes to evaluate on (default: the novel split of --data)")
+                   help="novel classes to evaluate on (default: the novel set of --data's protocol)")
     d.add_argument("--novel-split", default=None, help="split of --novel (default: novel when it has one)")
     d.add_argument("--val", default=None, metavar="SPEC",
-                   help="validation classes (default: the val split or the recipe's, "
+                   help="validation classes (default: the recipe's, else the val split of --data, "
                         "else held-out base classes)")
     d.add_argument("--val-split", default=None, help="split of --val")
     t = p.add_argument_group("training (override the recipe)")
     t.add_argument("--recipe", default=None,
-                   help="TRAIN recipe name or .toml file (default: the one named after the data kind)")
+                   help="training recipe name or .toml file (default: the one named after the data kind)")
     t.add_argument("--encoder", default=None, help=choices_help(ENCODERS))
     t.add_argument("--embedding-dim", type=int, default=None)
     t.add_argument("--loss", default=None, help=choices_help(LOSSES))

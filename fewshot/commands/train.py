@@ -112,7 +112,8 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     import episodes
-    from fewshot.training.trainer import check_config, fill_placeholders, train
+    from episodes.protocols import training_split, validation_spec
+    from fewshot.training.trainer import check_config, train
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = build_config(args)
@@ -121,13 +122,13 @@ def run(args: argparse.Namespace) -> int:
     if not hasattr(episodes, "load_data"):
         raise FewShotError("episodes.load_data is not available in this installation")
     load = episodes.load_data
-    split = cfg.split = episodes.specs.training_split(cfg.data, cfg.split)
+    split = cfg.split = training_split(cfg.data, cfg.split)
     data = load(cfg.data, split, image_size=cfg.image_size, channels=cfg.channels)
     val = None
     if cfg.val:
-        spec = fill_placeholders(cfg.val, cfg.data)
         explicit = args.val is not None
         try:
+            spec = validation_spec(cfg.val, cfg.data)
             val = load(spec, args.val_split if explicit else None, image_size=data.image_size,
                        channels=data.channels)
         except episodes.DatasetError as exc:

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 
 from episodes import EpisodeSpec, ImageSet, sample_episodes
 from episodes.atomic import atomic_write_text
+from episodes.protocols import PROTOCOL_VAL, validation_settings
 from fewshot.errors import FewShotError
 from fewshot.evaluation.features import embed
 from fewshot.evaluation.tta import DRAWING_AUGMENT, TTA, default_augment, tta_from_config
@@ -64,7 +65,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 __all__ = ["TrainConfig", "TrainResult", "load_recipe", "RECIPES", "train", "rotate_classes",
-           "mirror_classes", "synthetic_classes", "fill_placeholders", "episode_accuracy", "embed_images",
+           "mirror_classes", "synthetic_classes", "episode_accuracy", "embed_images",
            "embed_tta"]
 
 RECIPE_DIR = Path(__file__).resolve().parent.parent / "recipes"
@@ -150,6 +151,8 @@ class TrainConfig:
             base.update(load_recipe(recipe))
             base["recipe"] = recipe
             _drop_foreign_encoder_args(base, overrides.get("encoder"), recipe)
+        if PROTOCOL_VAL in (base.get("val"), overrides.get("val")):   # the data's benchmark val episodes
+            base = {**validation_settings(PROTOCOL_VAL, overrides.get("data")), **base}
         for key, value in overrides.items():
             if value is None:
                 continue
@@ -202,17 +205,6 @@ def _drop_foreign_encoder_args(recipe_dict: dict, encoder, recipe: str) -> None:
     shown = ", ".join(f"{k}={v}" for k, v in args.items())
     warnings.warn(f"recipe {recipe}: encoder options {shown} are for {own}; not applied to {encoder}",
                   stacklevel=3)
-
-
-def fill_placeholders(spec: str, data_spec: str) -> str:
-    """A recipe's data spec with ``{data_path}`` (the first path of ``data_spec``) and ``{data_dir}``
-    (the folder holding it) filled in: how a recipe names validation data that sits beside, or
-    inside, the training data (``omniglot:{data_dir}/small2.zip``, ``miniimagenet:{data_path}?split=val``)."""
-    body = data_spec.split(":", 1)[1] if ":" in data_spec else data_spec
-    first = body.split("?", 1)[0].split("+", 1)[0]
-    path = os.path.abspath(first) if first else os.getcwd()
-    data_dir = os.path.dirname(path) if first else path
-    return spec.replace("{data_path}", path).replace("{data_dir}", data_dir)
 
 
 # -------------------------------------------------------------------- helpers
