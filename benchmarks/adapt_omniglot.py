@@ -17,23 +17,23 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from episodes import load_data
+from episodes.protocols import get_protocol
 from fewshot.adaptation.adapt import adapt
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "omniglot"
-NEW_ALPHABETS = ["Japanese_(katakana)", "Sanskrit", "Tagalog"]
 
 
 def train_checkpoint(args: argparse.Namespace, out: Path) -> Path:
     from fewshot.training.config import TrainConfig, load_recipe
     from fewshot.training.trainer import train
-    data = load_data(f"omniglot:{args.data / 'images_background_small1.zip'}", image_size=28)
+    base = get_protocol("omniglot-minimal").at(args.data).base   # small1
+    data = base.load(image_size=28)
     try:
         load_recipe(args.recipe)
         recipe = args.recipe
     except Exception:  # noqa: BLE001 - recipe not shipped (yet): the defaults with a conv4
         recipe = None
-    cfg = TrainConfig.resolve(recipe, epochs=args.epochs, device="cpu", seed=0, image_size=28)
+    cfg = TrainConfig.resolve(recipe, data=base.spec, epochs=args.epochs, device="cpu", seed=0, image_size=28)
     print(f"training on {data.describe()} (recipe {recipe or 'defaults'}, {cfg.epochs} epochs, "
           f"{cfg.encoder}, loss {cfg.loss})", flush=True)
     t0 = time.perf_counter()
@@ -54,8 +54,7 @@ def main() -> None:
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = args.checkpoint or train_checkpoint(args, Path(tmp) / "run")
-        groups = ",".join(NEW_ALPHABETS)
-        novel = load_data(f"omniglot:{args.data / 'images_background_small2.zip'}?groups={groups}")
+        novel = get_protocol("omniglot-minimal").at(args.data).novel.load()   # small2's new alphabets
         print(f"novel: {novel.describe()}")
         rng = np.random.default_rng(args.seed)
         labels = novel.labels.numpy()

@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 
 import episodes
+from episodes.protocols import get_protocol
 from fewshot.evaluation.features import embed
 from fewshot.evaluation.retrieval import describe, retrieval_figures
 from fewshot.evaluation.tta import TTA, checkpoint_tta, default_augment
@@ -35,7 +36,7 @@ from fewshot.models.encoders import build_encoder
 from fewshot.models.preprocess import Preprocess
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "omniglot"
-DEFAULT = f"omniglot:{DATA}/images_background_small2.zip?groups=Japanese_(katakana),Sanskrit"
+DEFAULT = get_protocol("omniglot-minimal").at(DATA).val.spec   # small2's katakana + Sanskrit (dev val)
 
 
 def main() -> None:

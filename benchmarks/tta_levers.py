@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 import episodes
+from episodes.protocols import get_protocol
 from episodes.sampling import EpisodeSpec, sample_episodes
 from fewshot.evaluation.evaluate import build_heads, score_episodes
 from fewshot.evaluation.inference import inference_model
@@ -36,7 +37,7 @@ from fewshot.evaluation.tta import override_tta, parse_tta_args, resolve_tta
 from fewshot.models.checkpoint import load_encoder
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "omniglot"
-DEFAULT = f"omniglot:{DATA}/images_background_small2.zip?groups=Japanese_(katakana),Sanskrit"
+DEFAULT = get_protocol("omniglot-minimal").at(DATA).val.spec   # small2's katakana + Sanskrit (dev val)
 
 
 def view_features(model, data, pre, tta, batch_size: int) -> torch.Tensor:

@@ -7,7 +7,9 @@ Grammar: ``KIND[:ARGUMENT][?KEY=VALUE[&KEY=VALUE...]]``
                     ``per_class``, ``alphabets`` = number of alphabets, default 30)
 ``omniglot:PATH``   Omniglot zips, set folders or a root holding them; several joined with ``+``
                     (duplicates dropped). Split ``base`` = ``images_background*`` sets, ``novel`` =
-                    ``images_evaluation*`` sets; no split = everything named
+                    ``images_evaluation*`` sets; no split = everything named. Option ``set=S[,S]``
+                    keeps the sets named ``S`` or ``*_S`` (``small1``, ``small2``, ``background``,
+                    ``evaluation``) of a root holding several
 ``omniglot-runs:P`` the drawings of the one-shot challenge runs (``all_runs``); see :func:`load_runs`
 ``miniimagenet:R``  miniImageNet in any of its four layouts (splits base/val/novel = train/val/test;
                     no split = all three)
@@ -37,10 +39,9 @@ from .imageset import ImageSet
 from .sampling import Episodes
 
 KINDS = ("glyphs", "omniglot", "omniglot-runs", "miniimagenet", "folder", "digits")
-SPLIT_KINDS = ("glyphs", "miniimagenet")  # kinds whose sources always hold base / val / novel splits
 _NEEDS_PATH = {"omniglot", "omniglot-runs", "miniimagenet", "folder"}
 COMMON_OPTIONS = ("groups", "exclude_groups", "max_per_class", "split")
-KIND_OPTIONS = {"glyphs": ("seed", "per_class", "alphabets"), "folder": ("strict",)}
+KIND_OPTIONS = {"glyphs": ("seed", "per_class", "alphabets"), "folder": ("strict",), "omniglot": ("set",)}
 _SPLIT_ALIASES = {"train": "base", "base": "base", "val": "val", "validation": "val", "test": "novel",
                   "novel": "novel"}
 
@@ -93,15 +94,6 @@ def _int(options: dict[str, str], key: str, default: int | None = None) -> int |
     return value
 
 
-def training_split(spec: str, split: str | None = None) -> str | None:
-    """The split to train on: ``split`` when given or named in the spec, else ``base`` for the kinds
-    whose sources hold splits (a whole miniImageNet root would put the val classes in training)."""
-    parsed = parse_spec(spec)
-    if split is not None or "split" in parsed.options:
-        return split
-    return "base" if parsed.kind in SPLIT_KINDS else None
-
-
 def _split(split: str | None, kind: str, allowed: tuple[str | None, ...]) -> str | None:
     if split is None:
         return None
@@ -148,6 +140,11 @@ def load_data(spec: str, split: str | None = None, *, image_size: int | tuple[in
 
         which = _split(split, kind, (None, "base", "novel"))
         sources = [s for p in parsed.paths for s in find_sets(p)]
+        if "set" in opts:
+            wanted = [n.strip() for n in opts["set"].split(",") if n.strip()]
+            sources = [s for s in sources if any(s.stem == n or s.stem.endswith("_" + n) for n in wanted)]
+            if not sources:
+                raise DatasetError(f"no Omniglot set named {opts['set']} among {', '.join(parsed.paths)}")
         if which:
             prefix = "images_background" if which == "base" else "images_evaluation"
             sources = [s for s in sources if s.stem.startswith(prefix)]

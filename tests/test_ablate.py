@@ -9,7 +9,9 @@ import pytest
 import fewshot.experiments.ablate as ablate
 from fewshot.cli import main
 from fewshot.errors import FewShotError
-from fewshot.experiments.ablate import Grid, grid_from_dict, load_grid, run_ablation
+from fewshot.experiments.ablate import run_ablation
+from fewshot.experiments.grid import Grid, grid_from_dict, load_grid
+from fewshot.experiments.summary import summarize
 
 TINY = "glyphs?alphabets=5&per_class=8"
 
@@ -195,7 +197,7 @@ def test_summary_pairs_by_seed_and_episode_across_training_modes():
                 "cell": cell.id, "factors": cell.factors, "seed": seed,
                 "records": [{"set": "novel", "transform": "default", "head": h, "shot": 1, "queries": 20,
                              "correct": correct, "accuracy": sum(correct) / 4000} for h in ("proto", "ls")]}
-    summary = ablate.summarize(grid, {"format": ablate.FORMAT, "runs": runs})
+    summary = summarize(grid, {"format": ablate.FORMAT, "runs": runs})
     assert len(summary["rows"]) == 3 * 2 and all(r["seeds"] == 3 for r in summary["rows"])
     metric_row = next(r for r in summary["rows"] if r["factors"]["mode"] == "metric")
     assert abs(metric_row["mean"] - 0.8) < 0.02 and metric_row["ci95_seeds"] > 0

@@ -12,9 +12,12 @@ import pytest
 import torch
 from adapt_fixtures import CLASSES, QUERY, SUPPORT, checkpoint, folders  # noqa: F401 - fixtures
 
-from fewshot.adaptation.classifier import RidgeState, load_classifier
+from fewshot.adaptation.classifier import load_classifier
+from fewshot.adaptation.loo import class_counts, loo_logits
 from fewshot.cli import main
-from fewshot.heads.ls import ridge_fit
+from fewshot.heads import get_head
+from fewshot.heads.ridge import DEFAULT_GRID, loo_select, ridge_fit
+from fewshot.heads.ridge_stats import RidgeStats
 
 A = importlib.import_module("fewshot.adaptation.adapt")  # the module (fewshot.adapt is the function)
 
@@ -27,40 +30,46 @@ def embedded(checkpoint, folders):  # noqa: F811
     return clf.embed(imgs), y, names
 
 
+def _fit(head, z, y, k, **options):
+    """A one-task head fitted as adapt fits it (``partial_fit`` from nothing)."""
+    return get_head(head, **options).partial_fit(None, z[None], y[None], k)
+
+
 @pytest.mark.parametrize("head", ["proto", "nn", "ls"])
 def test_loo_estimate_equals_brute_force(embedded, head):
     z, y, names = embedded
     k = len(names)
-    state = A._fit_head(head, z, y, k, "euclidean", None)
-    fast = A._loo(state, z, y)
+    fitted = _fit(head, z, y, k)
+    fast = loo_logits(fitted, z, y)
     for i in range(len(y)):
         keep = torch.arange(len(y)) != i
         if head == "ls":
-            w, b = ridge_fit(z[keep].double(), torch.nn.functional.one_hot(y[keep], k).double(), state.lam)
+            lam = float(fitted.lam[0])
+            w, b = ridge_fit(z[keep].double(), torch.nn.functional.one_hot(y[keep], k).double(), lam)
             slow = z[i].double() @ w + b
             torch.testing.assert_close(fast[i].double(), slow, rtol=1e-4, atol=1e-4)
         else:
-            refit = A._fit_head(head, z[keep], y[keep], k, "euclidean", None)
-            torch.testing.assert_close(fast[i], refit(z[i:i + 1])[0], rtol=1e-5, atol=1e-4)
+            refit = _fit(head, z[keep], y[keep], k)
+            torch.testing.assert_close(fast[i], refit(z[None, i:i + 1])[0, 0].float(), rtol=1e-5, atol=1e-4)
 
 
 def test_ls_lambda_is_evals_loo_choice_and_fit_matches_ridge_fit(embedded):
-    from fewshot.heads.ls import DEFAULT_GRID, loo_select
     z, y, names = embedded
-    state = A._fit_head("ls", z, y, len(names), "euclidean", None)
+    fitted = _fit("ls", z, y, len(names))
     onehot = torch.nn.functional.one_hot(y, len(names)).double()
-    assert state.lam == pytest.approx(float(loo_select(z.double()[None], onehot[None], DEFAULT_GRID).lam[0]))
-    w, b = ridge_fit(z.double(), onehot, state.lam)
-    torch.testing.assert_close(state.weight, w.float(), rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(state.bias, b.float(), rtol=1e-4, atol=1e-5)
+    lam = float(fitted.lam[0])
+    assert lam == pytest.approx(float(loo_select(z.double()[None], onehot[None], DEFAULT_GRID).lam[0]))
+    w, b = ridge_fit(z.double(), onehot, lam)
+    torch.testing.assert_close(fitted.weight[0], w.float(), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(fitted.bias[0], b.float(), rtol=1e-4, atol=1e-5)
 
 
 def test_gcv_from_statistics_equals_gcv_from_rows(embedded):
     z, y, names = embedded
     k = len(names)
-    state = RidgeState.fit(z, y, k, 1.0)
+    stats = RidgeStats.from_rows(z[None], y[None], k)
     grid = [0.01, 0.1, 1.0, 10.0]
-    _, gcv = A.gcv_select(state, grid)
+    gcv = stats.gcv(grid)[1][0]
     n = len(y)
     xc = z.double() - z.double().mean(0)
     onehot = torch.nn.functional.one_hot(y, k).double()
@@ -101,16 +110,16 @@ def test_update_equals_adapting_on_the_union(checkpoint, folders, tmp_path, head
         got, want = grown(x)[:, order], scratch(x)
     assert grown.report.images == [SUPPORT] * CLASSES
     assert grown.report.added == [2] * (CLASSES - 1) + [SUPPORT]
+    assert torch.equal(class_counts(grown.head)[order], class_counts(scratch.head))
     if head == "proto":
-        assert torch.equal(grown.head.counts[order], scratch.head.counts)
-        torch.testing.assert_close(grown.head.sums[order], scratch.head.sums, rtol=1e-12, atol=1e-9)
+        torch.testing.assert_close(grown.head.sums[0][order], scratch.head.sums[0], rtol=1e-12, atol=1e-9)
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-4)
     else:
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
     # ls: without a fixed lambda, update re-chooses it by GCV from the statistics
     if head == "ls":
         regrown = A.update(first, b)
-        assert regrown.head.lam == A.gcv_select(regrown.head)[0]
+        assert regrown.head.lam == regrown.head.stats.gcv(DEFAULT_GRID)[0]
 
 
 def test_adapt_accepts_imageset_and_tensors(checkpoint, folders):  # noqa: F811
@@ -204,7 +213,7 @@ def test_cli_update_adds_a_class(checkpoint, folders, tmp_path, capsys):  # noqa
     assert main(["adapt", "--update", str(model), "--support", str(b)]) == 0
     out = capsys.readouterr().out
     clf = load_classifier(model)
-    assert clf.num_classes == CLASSES and sorted(clf.head.counts.tolist()) == [SUPPORT] * CLASSES
+    assert clf.num_classes == CLASSES and sorted(clf.head.counts[0].tolist()) == [SUPPORT] * CLASSES
     assert "added by this update" in out
 
 

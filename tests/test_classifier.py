@@ -134,3 +134,35 @@ def test_predict_top_k_and_reject(checkpoint, folders):  # noqa: F811
     low = pred.probabilities < cut
     assert [lab == "unknown" for lab in rej.labels] == low.tolist()
     assert bool(low.any()) and not all(low.tolist())
+
+
+@pytest.mark.parametrize("head,added", [("proto", ["scale"]), ("nn", ["k", "weighted"]), ("ls", [])])
+def test_head_record_is_the_fitted_heads_state_and_first_layout_files_still_load(
+        checkpoint, folders, tmp_path, head, added):  # noqa: F811
+    """The model file's head table is the fitted head's state dict (one task, episode dimension
+    dropped); files written before the settings in ``added`` were recorded load with the defaults
+    and predict the same."""
+    from fewshot.adaptation.classifier import FITTED
+
+    clf = A.adapt(checkpoint, folders[0], head=head)
+    assert isinstance(clf.head, FITTED[head]) and clf.head_kind == head
+    path = clf.save(tmp_path / "new.fewshot")
+    doc = torch.load(path, weights_only=True)
+    record = doc["payload"]["head"]
+    assert set(record) == {"kind", *clf.head.state_dict()}
+    for key in added:
+        del record[key]
+    doc["sha256"] = payload_digest(doc["payload"])
+    old = tmp_path / "old.fewshot"
+    torch.save(doc, old)
+    paths = sorted(str(p) for p in folders[1].rglob("*.png"))
+    assert torch.equal(load_classifier(old).predict(paths).probs, clf.predict(paths).probs)
+
+
+def test_unfitted_classifier_embeds_but_refuses_to_classify(checkpoint, folders):  # noqa: F811
+    clf = A.adapt(checkpoint, folders[0], head="proto")
+    bare = FewShotClassifier(clf.encoder, clf.preprocess, None, clf.class_names)
+    x = torch.randint(0, 256, (2, 1, 28, 28), dtype=torch.uint8)
+    assert bare.embed(x).shape == clf.embed(x).shape
+    with pytest.raises(FewShotError, match="no fitted head"):
+        bare(x)

@@ -3,7 +3,7 @@ import torch
 from torch import nn
 
 from fewshot.errors import FewShotError
-from fewshot.models.encoders import ENCODERS, build_encoder
+from fewshot.models.encoders import ENCODERS, build_encoder, typed_encoder_args
 
 
 @pytest.mark.parametrize("channels,size,dim", [(1, 28, 64), (3, 84, 1600)])
@@ -99,3 +99,24 @@ def test_unknown_classifier_is_refused():
     from fewshot.models.encoders import build_encoder
     with pytest.raises(FewShotError, match="unknown classifier"):
         build_encoder("conv4", in_channels=1, num_classes=3, image_size=28, classifier="mlp")
+
+
+def test_encoder_options_are_typed_and_checked():
+    """Texts (``--encoder-arg width=16``) are typed by the backbone's signature; the spec records
+    the typed values, so a checkpoint rebuilds the same architecture."""
+    kw = dict(in_channels=1, num_classes=3, image_size=28)
+    a = build_encoder("conv4", **kw, width="8,8,16,16", last_pool="false")
+    b = build_encoder("conv4", **kw, width=[8, 8, 16, 16], last_pool=False)
+    assert a.spec == b.spec and a.spec["kwargs"]["width"] == [8, 8, 16, 16] and a.embedding_dim == 144
+    assert build_encoder("resnet12", in_channels=3, num_classes=2, drop_rate="0.1",
+                         image_size=32).spec["kwargs"] == {"drop_rate": 0.1, "image_size": 32}
+    with pytest.raises(FewShotError, match=r"unknown encoder 'conv4' options \['depth'\]; valid: width"):
+        build_encoder("conv4", in_channels=1, num_classes=3, depth=3)
+    with pytest.raises(FewShotError, match="encoder 'conv4' option pool='max': expected one of flatten, avg"):
+        build_encoder("conv4", in_channels=1, num_classes=3, pool="max")
+    assert build_encoder("Conv4", in_channels=1, num_classes=3, image_size=28).spec["name"] == "conv4"
+    # the CLI types --encoder-arg texts the same way before they are recorded in the config
+    assert typed_encoder_args("resnet12", {"classifier": "cosine", "drop_rate": "0", "image_size": 84}) == {
+        "classifier": "cosine", "drop_rate": 0.0, "image_size": 84}
+    with pytest.raises(FewShotError, match="unknown classifier 'mlp'; choose one of linear, cosine"):
+        typed_encoder_args("conv4", {"classifier": "mlp"})

@@ -8,6 +8,7 @@ import torch
 from _train_data import one_thread  # noqa: F401 (an autouse fixture)
 
 from episodes import load_data
+from episodes.protocols import EpisodeProtocol
 from fewshot.errors import FewShotError
 from fewshot.evaluation.evaluate import evaluate
 from fewshot.models.checkpoint import load_checkpoint, load_encoder
@@ -37,7 +38,8 @@ def test_protonet_training_reduces_loss_and_beats_chance(glyphs_base, tmp_path):
     scale = load_checkpoint(result.last_path)["loss_state"]["head.log_scale"]   # trained with the encoder
     assert scale.shape == () and float(scale) != 0.0
     novel = load_data("glyphs?alphabets=5&per_class=8", "novel")
-    res = evaluate(result.best_path, novel, heads=["proto"], shots=(1,), query=3, episodes=40, progress=False)
+    res = evaluate(result.best_path, novel, heads=["proto"],
+                   episodes=EpisodeProtocol(shots=(1,), query=3, episodes=40), progress=False)
     assert res.accuracy[("proto", 1)].mean() > 0.35
 
 

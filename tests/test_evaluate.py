@@ -12,10 +12,12 @@ from PIL import Image
 
 from episodes.imageset import ImageSet
 from episodes.manifest import save_manifest
+from episodes.protocols import EpisodeProtocol
 from episodes.sampling import EpisodeSpec, sample_episodes
 from fewshot.cli import main
 from fewshot.evaluation.evaluate import build_heads, evaluate, score_episodes
 from fewshot.evaluation.features import embed
+from fewshot.evaluation.report import write_report
 from fewshot.models.checkpoint import FORMAT, save_checkpoint
 from fewshot.models.encoders import build_encoder, encoder_spec
 from fewshot.models.preprocess import Preprocess
@@ -55,8 +57,9 @@ def ckpt(tmp_path_factory):
 
 def test_every_head_on_the_same_episodes_and_report(ckpt, digits, tmp_path):
     heads = "proto,nn,ls"
-    res = evaluate(ckpt, digits, heads=heads, shots=(1, 5), episodes=60, seed=3, out_dir=tmp_path,
+    res = evaluate(ckpt, digits, heads=heads, episodes=EpisodeProtocol(shots=(1, 5), episodes=60, seed=3),
                    progress=False, device="cpu")
+    write_report(res, tmp_path)
     # independent recomputation: embed, draw the same seeded episodes, score each head
     from fewshot.models.checkpoint import load_encoder
 
@@ -91,15 +94,17 @@ def test_chunks_manifest_and_seed_reproducibility(ckpt, digits, tmp_path):
     chunked = score_episodes(feats, eps, heads, chunk_size=7)
     for h in whole:
         np.testing.assert_array_equal(whole[h], chunked[h])
-    drawn = evaluate(ckpt, digits, heads="proto,ls", shots=(2,), query=4, episodes=33, seed=1,
-                     progress=False, device="cpu")
-    again = evaluate(ckpt, digits, heads="proto,ls", shots=(2,), query=4, episodes=33, seed=1,
-                     progress=False, device="cpu")
+    protocol = EpisodeProtocol(shots=(2,), query=4, episodes=33, seed=1)
+    drawn = evaluate(ckpt, digits, heads="proto,ls", episodes=protocol, progress=False, device="cpu")
+    again = evaluate(ckpt, digits, heads="proto,ls", episodes=protocol, progress=False, device="cpu")
     manifest = save_manifest(tmp_path / "eps.json", eps, digits)
-    loaded = evaluate(ckpt, digits, heads="proto,ls", episodes_file=manifest, progress=False, device="cpu")
+    loaded = evaluate(ckpt, digits, heads="proto,ls", episodes=manifest, progress=False, device="cpu")
+    assert loaded.config["episodes_file"] == str(manifest) and loaded.config["seed"] is None
+    fixed = evaluate(ckpt, digits, heads="proto,ls", episodes=eps, progress=False, device="cpu")
     for h in ("proto", "ls"):
         np.testing.assert_array_equal(drawn.accuracy[(h, 2)], again.accuracy[(h, 2)])
         np.testing.assert_array_equal(drawn.accuracy[(h, 2)], loaded.accuracy[(h, 2)])
+        np.testing.assert_array_equal(drawn.accuracy[(h, 2)], fixed.accuracy[(h, 2)])
 
 
 @pytest.fixture

@@ -64,7 +64,7 @@ def test_transforms():
     torch.testing.assert_close(transform(x, "cl2n", mean), torch.nn.functional.normalize(x - mean, dim=-1))
     with pytest.raises(FewShotError, match="base-class mean"):
         transform(x, "cl2n")
-    with pytest.raises(FewShotError, match="valid: none, l2, cl2n"):
+    with pytest.raises(FewShotError, match="choose one of none, l2, cl2n"):
         transform(x, "zca")
 
 

@@ -218,9 +218,9 @@ def test_ill_conditioned_episodes_give_finite_logits(name):
 # ----------------------------------------------------------------------------------- registry
 def test_registry_and_user_heads():
     assert set(HEADS) == {"proto", "nn", "ls", "ls-mlp", "logreg"}
-    with pytest.raises(FewShotError, match="unknown head 'svm'; valid heads: proto, nn, ls, ls-mlp, logreg"):
+    with pytest.raises(FewShotError, match="unknown head 'svm'; choose one of proto, nn, ls, ls-mlp, logreg"):
         get_head("svm")
-    with pytest.raises(FewShotError, match="takes no option"):
+    with pytest.raises(FewShotError, match=r"unknown head 'proto' options \['k'\]; valid: distance"):
         get_head("proto", k=3)
     assert get_head("nn:k=5,distance=cosine").k == 5
     assert get_head("ls", distance="cosine").lam == "loo"          # distance only reaches heads that use it
@@ -268,3 +268,71 @@ def test_real_omniglot_pixels(omniglot_dir):
         logits = get_head(name).fit(s, sy, 5)(q)
         assert torch.isfinite(logits).all()
         assert float((logits.argmax(-1) == qy).float().mean()) > 0.3   # raw pixels, 1-shot: above chance
+
+
+# ----------------------------------------------------------------------------------- partial_fit
+def _two_chunks(x, y):
+    """Chunk 1: the first 2 shots of classes 0-2; chunk 2: every other row (more shots of 0-2 and
+    the new classes 3 and 4). The same rows in every episode, so both chunks stay ``[E, S, D]``."""
+    shot = int((y[0] == 0).sum())
+    first = (y[0] < 3) & (torch.arange(y.shape[1]) % shot < 2)
+    return (x[:, first], y[:, first]), (x[:, ~first], y[:, ~first])
+
+
+@pytest.mark.parametrize("name", ["proto", "proto:distance=cosine", "nn", "nn:k=3", "nn:distance=cosine",
+                                  "ls:lam=0.5", "ls-mlp", "ls-mlp:kind=rbf", "logreg"])
+def test_partial_fit_in_two_chunks_equals_fit_at_once(name):
+    x, y, q = _episodes(e=3, shot=4, d=12, seed=7)
+    (xa, ya), (xb, yb) = _two_chunks(x, y)
+    head = get_head(name)
+    grown = head.partial_fit(head.partial_fit(None, xa, ya, 3), xb, yb, 5)
+    tol = 1e-3 if name == "logreg" else 1e-8   # logreg: a refit, lbfgs stops within its tolerance
+    torch.testing.assert_close(grown(q).double(), head.fit(x, y, 5)(q).double(), rtol=tol, atol=tol)
+    once = head.partial_fit(None, x, y, 5)
+    torch.testing.assert_close(grown(q).double(), once(q).double(), rtol=tol, atol=tol)
+
+
+def test_ls_partial_fit_keeps_statistics_and_rechooses_lambda_by_gcv():
+    x, y, q = _episodes(e=4, shot=4, d=10, seed=8)
+    (xa, ya), (xb, yb) = _two_chunks(x, y)
+    head = LSHead()
+    first = head.partial_fit(None, xa, ya, 3)
+    Ya = torch.nn.functional.one_hot(ya, 3).double()
+    assert torch.equal(first.lam, loo_select(xa, Ya).lam)          # first chunk: exact LOO, as fit()
+    grown = head.partial_fit(first, xb, yb, 5)
+    assert torch.equal(grown.lam, grown.stats.gcv(head.grid)[0])     # then GCV from the statistics
+    W, b = ridge_fit(x, torch.nn.functional.one_hot(y, 5).double(), grown.lam)
+    torch.testing.assert_close(grown.weight, W, rtol=1e-8, atol=1e-10)
+    torch.testing.assert_close(grown.bias, b, rtol=1e-8, atol=1e-10)
+    assert torch.equal(grown.stats.counts, torch.full((4, 5), 4))
+
+
+def test_ls_mlp_random_features_grow_as_ridge_on_the_fixed_hidden_layer():
+    x, y, q = _episodes(e=2, shot=4, d=12, seed=9)
+    (xa, ya), (xb, yb) = _two_chunks(x, y)
+    head = get_head("ls-mlp:kind=random,width=64,lam=0.5")
+    grown = head.partial_fit(head.partial_fit(None, xa, ya, 3), xb, yb, 5)
+    ridge = LSHead(lam=0.5).fit(grown.hidden(x), y, 5)              # the first chunk's input scale
+    torch.testing.assert_close(grown(q), ridge(grown.hidden(q)), rtol=1e-7, atol=1e-8)
+
+
+@pytest.mark.parametrize("name", ["proto", "nn:k=3", "ls", "ls-mlp", "ls-mlp:kind=random,width=32", "logreg"])
+def test_fitted_state_dict_round_trip(name):
+    x, y, q = _episodes(e=2, shot=3, d=8, seed=10)
+    head = get_head(name)
+    fitted = head.partial_fit(None, x, y, 5)
+    state = fitted.state_dict()
+    assert all(isinstance(v, (torch.Tensor, str, int, float, bool, type(None))) for v in state.values())
+    again = type(fitted).from_state_dict(state)
+    assert torch.equal(again(q), fitted(q))
+
+
+def test_partial_fit_refuses_what_it_cannot_extend():
+    x, y, _ = _episodes(e=2, shot=2, d=6)
+    with pytest.raises(FewShotError, match="keeps no statistics"):
+        LSHead().partial_fit(LSHead().fit(x, y, 5), x, y, 5)
+    fitted = ProtoHead().partial_fit(None, x, y, 5)
+    with pytest.raises(FewShotError, match="way 4 is below the 5 classes"):
+        ProtoHead().partial_fit(fitted, x, y.clamp_max(3), 4)
+    with pytest.raises(FewShotError, match="6-d features"):
+        ProtoHead().partial_fit(fitted, x[..., :4], y, 5)

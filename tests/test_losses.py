@@ -1,9 +1,9 @@
 import pytest
 import torch
-from pytorch_metric_learning import distances, losses
+from pytorch_metric_learning import distances, losses, miners
 
 from fewshot.errors import FewShotError
-from fewshot.models.losses import LOSSES, MINERS, PROXY_LOSSES, build_loss, build_miner, parse_loss_args
+from fewshot.models.losses import LOSSES, MINERS, build_distance, build_loss, build_miner, is_proxy_loss
 
 
 def _batch():
@@ -17,19 +17,21 @@ def test_every_loss_with_every_miner_backprops(name):
     emb, y = _batch()
     for miner_name in MINERS:
         miner = build_miner(miner_name)
-        tuples = miner(emb, y) if miner is not None and name not in PROXY_LOSSES else None
+        tuples = miner(emb, y) if miner is not None and not is_proxy_loss(name) else None
         value = loss(emb, y, tuples)
         assert torch.isfinite(value)
         value.backward()
     assert emb.grad is not None
-    assert (len(list(loss.parameters())) > 0) == (name in PROXY_LOSSES)
+    assert (len(list(loss.parameters())) > 0) == is_proxy_loss(name) == (name in ("arcface", "proxyanchor"))
 
 
 def test_loss_args_and_distance_reach_pml_objects():
-    args = parse_loss_args(["margin=0.3", "swap=true", "type_of_triplets=all"])
-    assert args == {"margin": 0.3, "swap": True, "type_of_triplets": "all"}
-    assert parse_loss_args(["width=64,96", "scale=0.8,1.2", "weights=a,b.pt"]) == {
-        "width": [64, 96], "scale": [0.8, 1.2], "weights": "a,b.pt"}
+    # PML keywords are un-annotated: texts read as literals (numbers, booleans, lists, none)
+    _, args = LOSSES.options("triplet", margin="0.3", swap="true", triplets_per_anchor="all")
+    assert args == {"margin": 0.3, "swap": True, "triplets_per_anchor": "all"}
+    assert LOSSES.options("circle:m=0.25,gamma=64")[1] == {"m": 0.25, "gamma": 64}
+    loss = build_loss("triplet:swap=true", distance="euclidean", margin="0.3")
+    assert loss.margin == 0.3 and loss.swap is True
     loss = build_loss("triplet", distance="euclidean", **{"margin": 0.3})
     assert loss.margin == 0.3 and isinstance(loss.distance, distances.LpDistance)
     miner = build_miner("triplet-semihard", distance="euclidean")
@@ -42,13 +44,19 @@ def test_objects_pass_through_and_errors_list_names():
     obj = losses.NTXentLoss(temperature=0.1)
     assert build_loss(obj) is obj
     assert build_miner("none") is None
-    with pytest.raises(FewShotError, match="circle, contrastive"):
+    miner = miners.BatchHardMiner()
+    assert build_miner(miner) is miner
+    with pytest.raises(FewShotError, match="unknown loss 'hinge'; choose one of circle, contrastive"):
         build_loss("hinge")
-    with pytest.raises(FewShotError, match="batch-hard"):
+    with pytest.raises(FewShotError, match="unknown miner 'random'; choose one of .*batch-hard"):
         build_miner("random")
-    with pytest.raises(FewShotError, match="bad arguments for loss circle"):
+    with pytest.raises(FewShotError, match=r"bad options for loss 'circle'.*bogus.*valid: m = 0.4, gamma"):
         build_loss("circle", bogus=1)
     with pytest.raises(FewShotError, match="key=value"):
-        parse_loss_args(["m"])
+        build_loss("circle:m")
     with pytest.raises(FewShotError, match="cosine"):
         build_loss("arcface", distance="euclidean", num_classes=3, embedding_dim=4)
+    dist = distances.DotProductSimilarity()
+    assert build_distance(dist) is dist and isinstance(build_distance("cosine"), distances.CosineSimilarity)
+    with pytest.raises(FewShotError, match="unknown distance 'manhattan'; choose one of cosine, euclidean"):
+        build_distance("manhattan")

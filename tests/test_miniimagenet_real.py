@@ -19,7 +19,7 @@ from episodes.errors import DatasetError
 from episodes.specs import load_data
 from fewshot.cli import main
 from fewshot.models.checkpoint import load_checkpoint
-from fewshot.training.config import TrainConfig, fill_placeholders
+from fewshot.training.config import TrainConfig
 
 MINI = SHARED_DATA / "miniimagenet"
 
@@ -88,13 +88,6 @@ def test_resnet_recipe_with_conv4_runs(mini_root, tmp_path, capsys):
     assert "Traceback" not in captured.err
 
 
-def test_recipe_placeholders():
-    mini = fill_placeholders("miniimagenet:{data_path}?split=val", "miniimagenet:/d/mini?max_per_class=5")
-    assert mini == "miniimagenet:/d/mini?split=val"
-    omni = fill_placeholders("omniglot:{data_dir}/b.zip", "omniglot:/d/o/a.zip+/d/o/c.zip")
-    assert omni == "omniglot:/d/o/b.zip"
-
-
 # ------------------------------------------------------------ bad photos
 def _folder_root(tmp_path, per_class: int = 4):
     rng = np.random.default_rng(0)
@@ -140,14 +133,6 @@ def test_class_smaller_than_shot_plus_query_is_named(tmp_path, capsys):
     errors = [line for line in err if "error:" in line]
     assert rc == 2 and len(errors) == 1 and "n04" in errors[0] and "Traceback" not in "\n".join(err)
     assert not (tmp_path / "e.json").exists()
-
-
-def test_training_split_defaults_to_base():
-    from episodes.specs import training_split
-    assert training_split("miniimagenet:/r") == "base" and training_split("glyphs") == "base"
-    assert training_split("miniimagenet:/r?split=val") is None  # the spec's own choice stands
-    assert training_split("miniimagenet:/r", "val") == "val"
-    assert training_split("omniglot:/a.zip") is None and training_split("folder:/x") is None
 
 
 def test_validation_classes_inside_training_are_refused(tmp_path):

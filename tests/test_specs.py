@@ -14,6 +14,7 @@ def test_parse_spec():
     assert s.options == {"groups": "Greek,Latin", "max_per_class": "5"}
     assert parse_spec("glyphs?seed=3").options == {"seed": "3"}
     assert parse_spec("folder:/x:y").paths == ("/x:y",)
+    assert parse_spec("omniglot:/root?set=small1,small2").options == {"set": "small1,small2"}
 
 
 @pytest.mark.parametrize("bad, message", [
@@ -23,6 +24,7 @@ def test_parse_spec():
     ("digits:/x", "takes no path"),
     ("glyphs?colour=red", "unknown or empty option 'colour=red'.*seed="),
     ("folder:/x?seed=1", "valid options for folder"),
+    ("glyphs?set=small1", "valid options for glyphs"),
 ])
 def test_bad_specs(bad, message):
     with pytest.raises(DatasetError, match=message):

@@ -276,7 +276,7 @@ def test_train_from_a_config_alone_loads_the_data_and_the_recipe_validation(tmp_
     assert res.held_out_classes is None and "(split base)" in resolved["data"]
     assert resolved["validation"].startswith(spec + "&split=val") and cfg.split == "base"
     # a recipe's validation data that is not there: a warning, and held-out base classes instead
-    cfg = _cfg(data=spec, val="omniglot:{data_dir}/no_such_archive.zip", epochs=1, batch_size=24,
+    cfg = _cfg(data=spec, val=f"omniglot:{tmp_path}/no_such_archive.zip", epochs=1, batch_size=24,
                val_episodes=5, val_query=3)
     with pytest.warns(UserWarning, match="recipe validation data unavailable"):
         res = train(cfg, out_dir=tmp_path / "fallback", progress=False)

@@ -16,6 +16,7 @@ from PIL import Image
 from episodes import load_data
 from episodes.decode import MAX_FILE_BYTES, read_zip_member
 from episodes.errors import DatasetError
+from episodes.protocols import EpisodeProtocol
 from fewshot.errors import FewShotError
 from fewshot.evaluation.evaluate import evaluate
 from fewshot.heads import get_head
@@ -46,7 +47,7 @@ def ckpt(tmp_path_factory):
 
 def _score(ckpt, root: Path, cache: Path) -> tuple[float, str]:
     data = load_data(f"folder:{root}")
-    result = evaluate(ckpt, data, heads="proto", way=4, shots=(1,), query=3, episodes=50, seed=0,
+    result = evaluate(ckpt, data, heads="proto", episodes=EpisodeProtocol(4, (1,), 3, 50, seed=0),
                       progress=False, cache_dir=cache)
     return float(np.mean(result.accuracy[("proto", 1)])), data.fingerprint
 
@@ -118,7 +119,7 @@ def test_head_options_are_typed():
     ("ls:dtype=int8", "float16, bfloat16, float32, float64"),
     ("nn:k", "must be key=value"),
     ("nn:k=1,k=2", "given twice"),
-    ("nn:depth=3", "valid: k, distance, weighted"),
+    ("nn:depth=3", "valid: k: int = 1, distance: str = 'euclidean', weighted: bool = True"),
 ])
 def test_bad_head_option_is_one_line_listing_what_is_accepted(spec, words):
     with pytest.raises(FewShotError) as err:

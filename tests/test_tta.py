@@ -12,10 +12,12 @@ import torch
 from adapt_fixtures import checkpoint, folders  # noqa: F401 - fixtures
 
 from episodes.imageset import ImageSet
+from episodes.protocols import EpisodeProtocol
 from fewshot.cli import main
 from fewshot.errors import FewShotError
 from fewshot.evaluation.evaluate import evaluate
 from fewshot.evaluation.features import embed
+from fewshot.evaluation.report import write_report
 from fewshot.evaluation.retrieval import retrieval_figures
 from fewshot.evaluation.tta import PHOTO_AUGMENT, TTA, checkpoint_tta, resolve_tta
 from fewshot.models.checkpoint import save_checkpoint
@@ -103,8 +105,9 @@ def test_checkpoint_default_record_config_and_overrides():
 def test_eval_uses_the_checkpoint_setting_and_records_it(tmp_path, digits):
     record = TTA(4, seed=2).to_dict()
     ckpt = _checkpoint(tmp_path / "rec.pt", tta=record)
-    kw = dict(heads="proto", way=5, shots=(1,), episodes=40, progress=False, device="cpu")
-    res = evaluate(ckpt, digits, out_dir=tmp_path / "a", cache_dir=tmp_path / "c1", **kw)
+    kw = dict(heads="proto", episodes=EpisodeProtocol(5, (1,), episodes=40), progress=False, device="cpu")
+    res = evaluate(ckpt, digits, cache_dir=tmp_path / "c1", **kw)
+    write_report(res, tmp_path / "a")
     assert res.config["tta"] == record
     again = evaluate(ckpt, digits, cache_dir=tmp_path / "c2", tta_views=4, **kw)  # no cache shared
     np.testing.assert_array_equal(res.accuracy[("proto", 1)], again.accuracy[("proto", 1)])

@@ -1,33 +1,19 @@
 """Adaptation to new classes: a folder (or tensors) of a few images per class in, a classifier out.
 
-``adapt`` embeds the support set once, fits a head once (``ls`` ridge with leave-one-out λ by
-default, ``proto`` or ``nn``), estimates its accuracy by leave-one-out on the support set and fits
-a softmax temperature by minimising the leave-one-out negative log-likelihood. ``update`` adds
-classes or shots to a classifier from the sufficient statistics it keeps, without re-embedding
-the images it has already seen.
-
-Leave-one-out, exactly and without refits:
-
-- ``proto``: each image is removed from its own class mean (``(S_c - x_i)/(n_c - 1)``);
-- ``nn``: each image is excluded from its own neighbours;
-- ``ls``: the hat-matrix identity of penalised least squares, ``ŷ₋ᵢ = (ŷᵢ - hᵢᵢyᵢ)/(1 - hᵢᵢ)``.
-
-A class with a single image cannot be left out (nothing of it would remain): its image gets no
-LOO estimate, and the estimate covers the classes with two or more images.
-
-λ after ``update`` (ls): chosen by generalised cross-validation (Golub, Heath and Wahba 1979),
-``GCV(λ) = n·RSS(λ) / (n - df(λ))²`` with ``df = 1 + Σ sⱼ/(sⱼ+λ)``, which needs only ``XᵀX``,
-``Xᵀ1``, ``XᵀY`` and the counts: with ``A = XcᵀXc = V diag(s) Vᵀ``, ``G = VᵀXcᵀYc``,
-``RSS = tr(YcᵀYc) - Σⱼ (2/(sⱼ+λ) - sⱼ/(sⱼ+λ)²)·‖Gⱼ‖²`` and ``tr(YcᵀYc) = Σ counts - ‖counts‖²/n``
-(one-hot targets). GCV is the rotation-invariant version of exact LOO, whose per-row hat values
-need the rows themselves, which ``update`` no longer has. Pass ``lam=`` to keep a fixed λ.
+``adapt`` embeds the support set once and fits one head of :mod:`fewshot.heads` on it by
+``partial_fit`` (``ls``: ridge with λ by exact leave-one-out, the default; ``proto``; ``nn``), so the
+head keeps the sufficient statistics that ``update`` extends: new classes or shots are embedded
+and added (``head.partial_fit(fitted, ...)``) without re-embedding the images already seen. ``ls``
+re-chooses λ there by generalised cross-validation from the statistics
+(:mod:`fewshot.heads.ridge_stats`) unless ``lam`` is given. Both estimate the head's accuracy by
+exact leave-one-out on the support set and fit a softmax temperature on the leave-one-out logits
+(:mod:`fewshot.adaptation.loo`).
 """
 
 from __future__ import annotations
 
 import math
 import os
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,25 +22,19 @@ import torch
 from torch import nn
 
 from episodes.atomic import read_json
-from episodes.decode import IMAGE_EXTENSIONS, is_image_file
 from episodes.errors import DatasetError
+from episodes.files import list_class_folders
 from episodes.imageset import ImageSet
-from fewshot.adaptation.classifier import (
-    HEAD_KINDS,
-    FewShotClassifier,
-    NeighbourState,
-    ProtoState,
-    RidgeState,
-    read_images,
-)
+from fewshot.adaptation.classifier import HEAD_KINDS, FewShotClassifier, head_for, read_images
+from fewshot.adaptation.loo import class_counts, estimate
 from fewshot.errors import FewShotError
 from fewshot.evaluation.inference import threads
 from fewshot.evaluation.tta import resolve_tta
-from fewshot.heads.ls import DEFAULT_GRID, loo_select
+from fewshot.heads import get_head
+from fewshot.heads.nn import FittedNN
 from fewshot.models.preprocess import Preprocess
 
-__all__ = ["adapt", "update", "AdaptReport", "list_support_folder", "head_from_results", "gcv_select",
-           "fit_temperature"]
+__all__ = ["adapt", "update", "AdaptReport", "head_from_results"]
 
 # Checkpoint keys the classifier file keeps (what ``load_encoder`` reads; optimizer state is dropped).
 _CHECKPOINT_KEYS = ("format", "model", "encoder", "preprocess", "distance", "hash", "base_classes",
@@ -103,49 +83,12 @@ class AdaptReport:
 
 
 # ----------------------------------------------------------------- support
-def list_support_folder(root: str | os.PathLike, *, strict: bool = False
-                        ) -> tuple[list[str], list[str], list[int]]:
-    """``(paths, class_names, labels)`` of ``root/<class>/*.{png,jpg,jpeg,bmp,webp}``.
-
-    Files without an image extension are skipped with a warning naming them (``strict``: error);
-    hidden files are ignored. Raises ``DatasetError`` for a missing folder or a class folder
-    without images.
-    """
-    root = Path(root)
-    if not root.exists():
-        raise DatasetError("no such support folder", root)
-    if not root.is_dir():
-        raise DatasetError("support must be a folder of class folders", root)
-    classes = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
-    if not classes:
-        raise DatasetError(f"no class folders (expected <class>/*{{{','.join(IMAGE_EXTENSIONS)}}})", root)
-    loose = sorted(f.name for f in root.iterdir() if f.is_file() and not f.name.startswith("."))
-    if loose:
-        warnings.warn(f"{root}: ignored {len(loose)} file(s) outside class folders, e.g. {loose[0]}",
-                      stacklevel=2)
-    paths, labels, names = [], [], []
-    for d in classes:
-        files = sorted(f for f in d.rglob("*") if f.is_file() and not f.name.startswith("."))
-        images = [f for f in files if is_image_file(f)]
-        for f in files:
-            if not is_image_file(f):
-                if strict:
-                    raise DatasetError(f"not an image file (expected {', '.join(IMAGE_EXTENSIONS)})", f)
-                warnings.warn(f"skipped {f}: not an image file", stacklevel=2)
-        if not images:
-            raise DatasetError("class folder holds no images", d)
-        names.append(d.name)
-        paths += [os.fspath(f) for f in images]
-        labels += [len(names) - 1] * len(images)
-    return paths, names, labels
-
-
 def _support_tensors(support, preprocess: Preprocess, *, labels=None, class_names=None, strict: bool = False,
                      progress: bool = False) -> tuple[torch.Tensor, torch.Tensor, list[str], list[str]]:
     """``(images uint8 [N,C,H,W], labels [N], class_names, skipped)`` from any accepted support."""
     skipped: list[str] = []
     if isinstance(support, (str, os.PathLike)):
-        paths, class_names, labels = list_support_folder(support, strict=strict)
+        paths, class_names, labels = list_class_folders(support, strict=strict)
         images, kept, skipped = read_images(paths, preprocess, strict=strict, progress=progress)
         keep = set(kept)
         labels = torch.tensor([lab for p, lab in zip(paths, labels) if p in keep], dtype=torch.int64)
@@ -254,77 +197,6 @@ def _result_rows(doc) -> list[tuple[str, int, float]]:
     return rows
 
 
-# -------------------------------------------------------------------- fits
-def gcv_select(state: RidgeState, grid: Sequence[float] = DEFAULT_GRID) -> tuple[float, torch.Tensor]:
-    """λ minimising generalised cross-validation, from the ridge statistics alone (module docstring)."""
-    a, b, _, _ = state.centred()
-    n = state.n
-    s, v = torch.linalg.eigh(a)
-    s = s.clamp_min(0)
-    g2 = (v.T @ b).pow(2).sum(1)                                   # ‖Gⱼ‖²
-    counts = state.counts.double()
-    tyy = counts.sum() - counts.pow(2).sum() / n
-    lams = torch.as_tensor(list(grid), dtype=torch.float64)
-    d = 1.0 / (s.unsqueeze(0) + lams.unsqueeze(1))                 # [L, D]
-    rss = tyy - ((2 * d - s * d * d) * g2).sum(1)
-    df = 1.0 + (s * d).sum(1)
-    gcv = n * rss.clamp_min(0) / (n - df).clamp_min(1e-9).pow(2)
-    return float(lams[int(gcv.argmin())]), gcv
-
-
-def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
-    """Softmax temperature minimising the negative log-likelihood of ``labels`` (scipy, log-scale search)."""
-    from scipy.optimize import minimize_scalar
-
-    logits, labels = logits.double(), labels.long()
-    finite = torch.isfinite(logits).all(1)
-    logits, labels = logits[finite], labels[finite]
-    if logits.shape[0] == 0:
-        return 1.0
-    spread = float((logits.max(1).values - logits.min(1).values).mean())
-    if not spread > 0:
-        return 1.0
-
-    def nll(log_t: float) -> float:
-        return float(nn.functional.cross_entropy(logits / math.exp(log_t), labels))
-
-    centre = math.log(spread)
-    res = minimize_scalar(nll, bounds=(centre - 12, centre + 6), method="bounded", options={"xatol": 1e-4})
-    return float(math.exp(res.x))
-
-
-def _loo(head: nn.Module, z: torch.Tensor, y: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
-    if isinstance(head, NeighbourState):
-        return head.loo_logits(z, y, rows)
-    return head.loo_logits(z, y)
-
-
-def _estimate(head: nn.Module, z: torch.Tensor, y: torch.Tensor, rows: torch.Tensor | None = None
-              ) -> tuple[list[int], list[int], float | None]:
-    """Per-class LOO correct and totals over rows whose class holds >= 2 images, and a temperature."""
-    k = int(head.counts.shape[0])
-    with torch.no_grad():
-        logits = _loo(head, z, y, rows)
-    eligible = head.counts[y] > 1
-    correct = (logits.argmax(1) == y) & eligible
-    loo_correct = torch.bincount(y[correct], minlength=k).tolist()
-    loo_total = torch.bincount(y[eligible], minlength=k).tolist()
-    temperature = fit_temperature(logits[eligible], y[eligible]) if bool(eligible.any()) else None
-    return loo_correct, loo_total, temperature
-
-
-def _fit_head(kind: str, z: torch.Tensor, y: torch.Tensor, k: int, distance: str,
-              lam: float | None) -> nn.Module:
-    if kind == "proto":
-        return ProtoState.fit(z, y, k, distance)
-    if kind == "nn":
-        return NeighbourState.fit(z, y, k, distance)
-    if lam is None:
-        targets = nn.functional.one_hot(y, k).double()
-        lam = float(loo_select(z.double().unsqueeze(0), targets.unsqueeze(0), DEFAULT_GRID).lam[0])
-    return RidgeState.fit(z, y, k, lam)
-
-
 # -------------------------------------------------------------------- API
 def adapt(encoder_or_checkpoint: str | os.PathLike | dict | nn.Module, support, *, head: str | None = None,
           results: str | os.PathLike | None = None, transform: str | None = None, lam: float | None = None,
@@ -377,17 +249,19 @@ def adapt(encoder_or_checkpoint: str | os.PathLike | dict | nn.Module, support, 
     if len(set(names)) != len(names):
         raise FewShotError("class names must be unique")
     tta = resolve_tta({**info, "preprocess": preprocess}, tta_views, tta_args)
-    clf = FewShotClassifier(encoder, preprocess, _placeholder(len(names)), names, transform=transform,
+    clf = FewShotClassifier(encoder, preprocess, None, names, transform=transform,
                             base_mean=info.get("base_mean"), source=source, tta=tta)
     z = clf.embed(images, batch_size=batch_size, progress=progress)
+    if head == "ls":
+        options = {} if lam is None else {"lam": lam}
+    else:
+        options = {"distance": distance}
     with threads(1):  # small dense linear algebra: see fewshot.evaluation.inference.threads
-        state = _fit_head(head, z, y, len(names), distance, lam)
-        loo_correct, loo_total, temperature = _estimate(state, z, y)
-    clf.head = state
+        clf.head = get_head(head, **options).partial_fit(None, z.unsqueeze(0), y.unsqueeze(0), len(names))
+        loo_correct, loo_total, temperature = estimate(clf.head, z, y)
     clf.temperature = temperature if temperature is not None else 1.0
     clf.report = AdaptReport(head, names, counts.tolist(), counts.tolist(), loo_correct, loo_total,
-                             clf.temperature, getattr(state, "lam", None), transform, skipped,
-                             tta=tta.describe())
+                             clf.temperature, _lam(clf.head), transform, skipped, tta=tta.describe())
     if int8:
         clf.quantize(images)
     return clf
@@ -399,11 +273,11 @@ def update(classifier: FewShotClassifier, more_support, *, lam: float | None = N
     """A classifier with the classes or shots of ``more_support`` added, without re-embedding the old ones.
 
     Classes whose name the classifier knows get more shots; other names become new classes. The
-    head is re-solved from its merged sufficient statistics (so the result equals adapting on the
-    union from scratch, at the same λ). ``ls``: λ is re-chosen by GCV from the statistics (see the
-    module docstring) unless ``lam`` is given. The LOO estimate and temperature are recomputed
-    over the new images (``nn``: over all images); with fewer than 10 estimable new images the
-    previous temperature is kept.
+    head grows by ``partial_fit`` from the sufficient statistics it keeps (so the result equals
+    adapting on the union from scratch, at the same λ). ``ls``: λ is re-chosen by generalised
+    cross-validation from the statistics (:mod:`fewshot.heads.ridge_stats`) unless ``lam`` is
+    given. The LOO estimate and temperature are recomputed over the new images (``nn``: over all
+    images); with fewer than 10 estimable new images the previous temperature is kept.
     """
     images, y_local, names, skipped = _support_tensors(
         more_support, classifier.preprocess, labels=labels, class_names=class_names, strict=strict,
@@ -422,19 +296,15 @@ def update(classifier: FewShotClassifier, more_support, *, lam: float | None = N
     z = classifier.embed(images, batch_size=batch_size, progress=progress)
     with threads(1):  # small dense linear algebra: see fewshot.evaluation.inference.threads
         old = classifier.head
-        old_n = len(old.labels) if isinstance(old, NeighbourState) else 0
-        if isinstance(old, RidgeState):
-            merged = old.merged(z, y, k)
-            chosen = lam if lam is not None else gcv_select(merged)[0]
-            if chosen != merged.lam:
-                merged = RidgeState(merged.xtx, merged.xsum, merged.xty, merged.counts, chosen)
-        else:
-            merged = old.merged(z, y, k)
-        if isinstance(merged, NeighbourState):
-            loo_correct, loo_total, temperature = _estimate(merged, merged.features, merged.labels)
+        merged = head_for(old, lam).partial_fit(old, z.unsqueeze(0), y.unsqueeze(0), k)
+        if isinstance(merged, FittedNN):  # its LOO covers every support image, old and new
+            old_n = old.support.shape[1]
+            rows, labels = merged.support[0], merged.support_labels[0]
+            loo_correct, loo_total, temperature = estimate(merged, rows, labels)
             scope = "all support images"
         else:
-            loo_correct, loo_total, temperature = _estimate(merged, z, y)
+            old_n = 0
+            loo_correct, loo_total, temperature = estimate(merged, z, y)
             scope = "the images added by this update"
     if temperature is None or (sum(loo_total) < 10 and old_n == 0):
         temperature = classifier.temperature
@@ -443,12 +313,13 @@ def update(classifier: FewShotClassifier, more_support, *, lam: float | None = N
                             temperature=temperature,
                             source=classifier.source, tta=classifier.tta)
     added = torch.bincount(y, minlength=k).tolist()
-    clf.report = AdaptReport(merged.kind, all_names, merged.counts.tolist(), added, loo_correct, loo_total,
-                             temperature, getattr(merged, "lam", None), classifier.transform, skipped, scope,
+    clf.report = AdaptReport(clf.head_kind, all_names, class_counts(merged).tolist(), added, loo_correct,
+                             loo_total, temperature, _lam(merged), classifier.transform, skipped, scope,
                              "plain (1 view)" if classifier.tta is None else classifier.tta.describe())
     return clf
 
 
-def _placeholder(k: int) -> nn.Module:
-    """A head to construct the classifier with before the real one is fitted (embedding needs none)."""
-    return ProtoState(torch.zeros(k, 1, dtype=torch.float64), torch.ones(k, dtype=torch.int64))
+def _lam(fitted) -> float | None:
+    """The ridge λ of a fitted ``ls`` head (None for the others)."""
+    lam = getattr(fitted, "lam", None)
+    return None if lam is None else float(lam[0])

@@ -1,7 +1,8 @@
 """`FewShotClassifier`: a trained encoder plus a head fitted on new classes, as one ``nn.Module``.
 
-The fitted heads keep their *sufficient statistics* (class sums and counts for prototypes;
-``XᵀX``, ``Xᵀ1``, ``XᵀY`` and counts for ridge; the support itself for nearest neighbour) so that
+The head is one of :mod:`fewshot.heads` fitted on one task (``E = 1``) by ``partial_fit``, so it
+keeps its *sufficient statistics* (class sums and counts for prototypes; ``XᵀX``, ``Xᵀ1``, ``XᵀY``
+and counts for ridge; the support itself for nearest neighbour) and
 :func:`fewshot.adaptation.adapt.update` can add classes or shots without re-embedding anything.
 
 A classifier is saved as one file, written atomically, that ``torch.load(weights_only=True)``
@@ -17,9 +18,7 @@ naming the file.
 from __future__ import annotations
 
 import hashlib
-import math
 import os
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,21 +27,26 @@ import torch
 from torch import nn
 
 from episodes.atomic import atomic_open
+from episodes.files import read_image_files
 from fewshot.adaptation.model_file import check_feature_size, check_payload
 from fewshot.errors import FewShotError
 from fewshot.evaluation.features import TRANSFORMS, transform
 from fewshot.evaluation.inference import inference_model, prepare_input, threads
 from fewshot.evaluation.tta import TTA
+from fewshot.heads import HEADS, get_head
+from fewshot.heads.base import Fitted, IncrementalHead
+from fewshot.heads.ls import FittedLinear
 from fewshot.heads.nn import FittedNN
 from fewshot.heads.proto import FittedProto
 from fewshot.models.preprocess import Preprocess
 
-__all__ = ["FORMAT", "VERSION", "HEAD_KINDS", "FewShotClassifier", "Predictions", "ProtoState",
-           "RidgeState", "NeighbourState", "load_classifier", "feature_transform", "read_images"]
+__all__ = ["FORMAT", "VERSION", "HEAD_KINDS", "FewShotClassifier", "Predictions", "load_classifier",
+           "feature_transform", "read_images", "head_kind", "head_for", "head_record", "head_from_record"]
 
 FORMAT = "fewshot-classifier"
 VERSION = 1
-HEAD_KINDS = ("proto", "ls", "nn")
+HEAD_KINDS = HEADS.names(adaptable=True)  # the heads with an incremental fit and an exact LOO estimate
+FITTED: dict[str, type] = {"proto": FittedProto, "ls": FittedLinear, "nn": FittedNN}
 SMALL_BATCH = 16  # predictions on fewer images run single-threaded (see predict_proba)
 
 
@@ -51,220 +55,49 @@ def feature_transform(features: torch.Tensor, kind: str,
                       base_mean: torch.Tensor | None = None) -> torch.Tensor:
     """``none``, ``l2`` (unit length) or ``cl2n`` (subtract the base-class mean, then unit length):
     :func:`fewshot.evaluation.features.transform`, so adaptation and evaluation agree."""
-    if kind not in TRANSFORMS:
-        raise FewShotError(f"unknown feature transform {kind!r}; valid: {', '.join(TRANSFORMS)}")
+    TRANSFORMS.get(kind)
     if kind == "cl2n" and base_mean is None:
         raise FewShotError("the cl2n transform needs the base-class mean, which this checkpoint lacks")
     return transform(features, kind, base_mean=base_mean)
 
 
-# --------------------------------------------------------------- head states
-class ProtoState(nn.Module):
-    """Prototype head from class sums ``[K, D]`` (float64) and counts ``[K]``."""
-
-    kind = "proto"
-
-    def __init__(self, sums: torch.Tensor, counts: torch.Tensor, distance: str = "euclidean"):
-        super().__init__()
-        self.register_buffer("sums", sums.double())
-        self.register_buffer("counts", counts.long())
-        self.distance = distance
-
-    @classmethod
-    def fit(cls, z: torch.Tensor, y: torch.Tensor, num_classes: int, distance: str) -> ProtoState:
-        sums = torch.zeros(num_classes, z.shape[1], dtype=torch.float64).index_add_(0, y, z.double())
-        return cls(sums, torch.bincount(y, minlength=num_classes), distance)
-
-    def merged(self, z: torch.Tensor, y: torch.Tensor, num_classes: int) -> ProtoState:
-        """The state after adding rows ``z`` with labels ``y`` (classes ``>= K`` are new)."""
-        grow = num_classes - self.sums.shape[0]
-        sums = torch.cat([self.sums, self.sums.new_zeros(grow, self.sums.shape[1])]).index_add_(
-            0, y, z.double())
-        counts = torch.cat([self.counts, self.counts.new_zeros(grow)])
-        counts = counts + torch.bincount(y, minlength=num_classes)
-        return ProtoState(sums, counts, self.distance)
-
-    @property
-    def prototypes(self) -> torch.Tensor:
-        """Class means, float64 (squared distances of unnormalised features lose digits in float32)."""
-        return self.sums / self.counts.clamp_min(1).unsqueeze(1)
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return FittedProto(self.prototypes.unsqueeze(0), self.distance)(z.double().unsqueeze(0))[0].float()
-
-    def loo_logits(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Logits of rows ``z`` (already in the sums) with each row removed from its own class mean.
-
-        A class left with no image gets ``-inf`` for its own row (it cannot be predicted).
-        """
-        logits = self(z)
-        n = self.counts[y]
-        own = (self.sums[y] - z.double()) / (n - 1).clamp_min(1).unsqueeze(1)
-        own_logit = FittedProto(own.unsqueeze(1), self.distance)(z.double().unsqueeze(1))[:, 0, 0].float()
-        own_logit = torch.where(n > 1, own_logit, torch.full_like(own_logit, -math.inf))
-        return logits.scatter(1, y.unsqueeze(1), own_logit.unsqueeze(1))
-
-    def state(self) -> dict:
-        return {"sums": self.sums, "counts": self.counts, "distance": self.distance}
-
-    @classmethod
-    def from_state(cls, d: dict) -> ProtoState:
-        return cls(d["sums"], d["counts"], d["distance"])
+# ------------------------------------------------------------------ heads
+def head_kind(fitted: Fitted) -> str:
+    """``proto``, ``ls`` or ``nn``: the registry name of a fitted head a classifier can hold."""
+    for kind, cls in FITTED.items():
+        if isinstance(fitted, cls):
+            return kind
+    raise FewShotError(f"a classifier holds a fitted {', '.join(HEAD_KINDS)} head, "
+                       f"got {type(fitted).__name__}")
 
 
-class NeighbourState(nn.Module):
-    """1-nearest-neighbour head: the support features and labels (its own sufficient statistics)."""
-
-    kind = "nn"
-
-    def __init__(self, features: torch.Tensor, labels: torch.Tensor, num_classes: int,
-                 distance: str = "euclidean"):
-        super().__init__()
-        self.register_buffer("features", features.float())
-        self.register_buffer("labels", labels.long())
-        self.num_classes = int(num_classes)
-        self.distance = distance
-
-    @classmethod
-    def fit(cls, z: torch.Tensor, y: torch.Tensor, num_classes: int, distance: str) -> NeighbourState:
-        return cls(z, y, num_classes, distance)
-
-    def merged(self, z: torch.Tensor, y: torch.Tensor, num_classes: int) -> NeighbourState:
-        return NeighbourState(torch.cat([self.features, z.float()]), torch.cat([self.labels, y]),
-                              num_classes, self.distance)
-
-    @property
-    def counts(self) -> torch.Tensor:
-        return torch.bincount(self.labels, minlength=self.num_classes)
-
-    def _fitted(self) -> FittedNN:
-        return FittedNN(self.features.unsqueeze(0), self.labels.unsqueeze(0), self.num_classes,
-                        distance=self.distance)
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self._fitted()(z.float().unsqueeze(0))[0]
-
-    def loo_logits(self, z: torch.Tensor, y: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits of support rows ``rows`` (default: all) with each row excluded from its own neighbours."""
-        rows = torch.arange(len(self.labels)) if rows is None else rows
-        keep = torch.ones(len(rows), len(self.labels), dtype=torch.bool)
-        keep[torch.arange(len(rows)), rows] = False
-        from fewshot.heads.nn import pairwise_distance
-        d = pairwise_distance(self.features[rows].unsqueeze(0), self.features.unsqueeze(0), self.distance)[0]
-        d = d.masked_fill(~keep, math.inf)
-        out = torch.full((len(rows), self.num_classes), math.inf)
-        out = out.scatter_reduce(1, self.labels.expand(len(rows), -1), d, reduce="amin")
-        return -out
-
-    def state(self) -> dict:
-        return {"features": self.features, "labels": self.labels, "num_classes": self.num_classes,
-                "distance": self.distance}
-
-    @classmethod
-    def from_state(cls, d: dict) -> NeighbourState:
-        return cls(d["features"], d["labels"], d["num_classes"], d["distance"])
+def head_for(fitted: Fitted, lam: float | None = None) -> IncrementalHead:
+    """The head (settings) that extends ``fitted`` by ``partial_fit``: its distance, k, scale;
+    for ``ls`` a fixed ``lam``, else λ by generalised cross-validation from the statistics."""
+    kind = head_kind(fitted)
+    if kind == "proto":
+        return get_head("proto", distance=fitted.distance, scale=fitted.scale)
+    if kind == "nn":
+        return get_head("nn", k=fitted.k, distance=fitted.distance, weighted=fitted.weighted)
+    return get_head("ls") if lam is None else get_head("ls", lam=lam)
 
 
-class RidgeState(nn.Module):
-    """Least-squares head: ridge regression onto one-hot targets with an unpenalised bias.
-
-    Keeps ``XᵀX`` ``[D, D]``, ``Xᵀ1`` ``[D]``, ``XᵀY`` ``[D, K]`` (= the class sums) and the class
-    counts (= ``1ᵀY``), all float64, so ``W, b`` can be re-solved for more data or another λ:
-    with ``μ = Xᵀ1/n``, ``ȳ = counts/n``: ``W = (XᵀX - nμμᵀ + λI)⁻¹ (XᵀY - nμȳᵀ)``, ``b = ȳ - Wᵀμ``.
-    """
-
-    kind = "ls"
-
-    def __init__(self, xtx: torch.Tensor, xsum: torch.Tensor, xty: torch.Tensor, counts: torch.Tensor,
-                 lam: float):
-        super().__init__()
-        self.register_buffer("xtx", xtx.double())
-        self.register_buffer("xsum", xsum.double())
-        self.register_buffer("xty", xty.double())
-        self.register_buffer("counts", counts.long())
-        self.lam = float(lam)
-        w, b = self.solve(self.lam)
-        self.register_buffer("weight", w.float())
-        self.register_buffer("bias", b.float())
-
-    @property
-    def n(self) -> int:
-        return int(self.counts.sum())
-
-    @staticmethod
-    def statistics(z: torch.Tensor, y: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, ...]:
-        z = z.double()
-        xty = torch.zeros(num_classes, z.shape[1], dtype=torch.float64).index_add_(0, y, z).T.contiguous()
-        return z.T @ z, z.sum(0), xty, torch.bincount(y, minlength=num_classes)
-
-    @classmethod
-    def fit(cls, z: torch.Tensor, y: torch.Tensor, num_classes: int, lam: float) -> RidgeState:
-        return cls(*cls.statistics(z, y, num_classes), lam=lam)
-
-    def centred(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(A = XcᵀXc, B = XcᵀYc, μ, ȳ)`` of the centred data, from the statistics alone."""
-        n = self.n
-        mu, ybar = self.xsum / n, self.counts.double() / n
-        a = self.xtx - n * torch.outer(mu, mu)
-        b = self.xty - n * torch.outer(mu, ybar)
-        return (a + a.T) / 2, b, mu, ybar
-
-    def solve(self, lam: float) -> tuple[torch.Tensor, torch.Tensor]:
-        a, b, mu, ybar = self.centred()
-        reg = a + lam * torch.eye(a.shape[0], dtype=a.dtype)
-        try:
-            chol = torch.linalg.cholesky(reg)
-            w = torch.cholesky_solve(b, chol)
-        except RuntimeError:  # lam ~ 0 on rank-deficient data: least-norm solution
-            w = torch.linalg.lstsq(reg, b).solution
-        return w, ybar - mu @ w
-
-    def merged(self, z: torch.Tensor, y: torch.Tensor, num_classes: int,
-               lam: float | None = None) -> RidgeState:
-        xtx, xsum, xty, counts = self.statistics(z, y, num_classes)
-        grow = num_classes - self.xty.shape[1]
-        old_xty = torch.cat([self.xty, self.xty.new_zeros(self.xty.shape[0], grow)], 1)
-        old_counts = torch.cat([self.counts, self.counts.new_zeros(grow)])
-        return RidgeState(self.xtx + xtx, self.xsum + xsum, old_xty + xty, old_counts + counts,
-                          self.lam if lam is None else lam)
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return z.float() @ self.weight + self.bias
-
-    def loo_logits(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Exact leave-one-out outputs of rows ``z`` that are in the statistics (hat-matrix identity).
-
-        ``ŷ₋ᵢ = (ŷᵢ - hᵢᵢ yᵢ) / (1 - hᵢᵢ)`` with ``hᵢᵢ = xcᵢᵀ(A + λI)⁻¹xcᵢ + 1/n`` (the bias is
-        unpenalised, so its column adds ``1/n``).
-        """
-        a, b, mu, ybar = self.centred()
-        xc = z.double() - mu
-        reg = a + self.lam * torch.eye(a.shape[0], dtype=a.dtype)
-        chol, info = torch.linalg.cholesky_ex(reg)
-        if int(info) == 0:
-            h, w = torch.cholesky_solve(xc.T, chol).T, torch.cholesky_solve(b, chol)
-        else:
-            h, w = torch.linalg.solve(reg, xc.T).T, torch.linalg.lstsq(reg, b).solution
-        h = (xc * h).sum(1) + 1.0 / self.n
-        fitted = xc @ w + ybar
-        target = nn.functional.one_hot(y, fitted.shape[1]).double()
-        loo = (fitted - h.unsqueeze(1) * target) / (1 - h).clamp_min(1e-12).unsqueeze(1)
-        return loo.float()
-
-    def state(self) -> dict:
-        return {"xtx": self.xtx, "xsum": self.xsum, "xty": self.xty, "counts": self.counts,
-                "lam": self.lam, "weight": self.weight, "bias": self.bias}
-
-    @classmethod
-    def from_state(cls, d: dict) -> RidgeState:
-        state = cls(d["xtx"], d["xsum"], d["xty"], d["counts"], d["lam"])
-        # Keep the saved W, b bit for bit (a re-solve may differ in the last ulp across machines).
-        state.weight.copy_(d["weight"])
-        state.bias.copy_(d["bias"])
-        return state
+def head_record(fitted: Fitted) -> dict:
+    """The model file's ``head`` table: the kind and the one-task state dict without its episode
+    dimension (``[1, ...]`` tensors stored as ``[...]``, one-element ones as numbers)."""
+    out: dict = {"kind": head_kind(fitted)}
+    for key, value in fitted.state_dict().items():
+        if isinstance(value, torch.Tensor):
+            value = value[0].item() if value.dim() == 1 else value[0]
+        out[key] = value
+    return out
 
 
-STATES: dict[str, type[nn.Module]] = {"proto": ProtoState, "ls": RidgeState, "nn": NeighbourState}
+def head_from_record(record: dict) -> Fitted:
+    """The fitted head of a (checked) model file ``head`` table: :func:`head_record` reversed."""
+    state = {k: v.unsqueeze(0) if isinstance(v, torch.Tensor) else v
+             for k, v in record.items() if k != "kind"}
+    return FITTED[record["kind"]].from_state_dict(state)
 
 
 # ---------------------------------------------------------------- prediction
@@ -291,34 +124,15 @@ class Predictions:
 
 def read_images(paths: Sequence[str | os.PathLike], preprocess: Preprocess, *, strict: bool = False,
                 progress: bool = False) -> tuple[torch.Tensor, list[str], list[str]]:
-    """Decode image files at the encoder's size and channel count.
-
-    Returns ``(images uint8 [N,C,H,W], kept paths, skipped "path: cause")``. An unreadable file is
-    skipped with a warning naming it, or, with ``strict``, raises ``DatasetError``.
-    """
-    from episodes.decode import decode_array
-    from episodes.errors import DatasetError
-
-    arrays, kept, skipped = [], [], []
-    it = paths
+    """:func:`episodes.files.read_image_files` at the encoder's size and channel count."""
+    wrap = None
     if progress:
         from fewshot.progress import progress as progress_bar
-        it = progress_bar(paths, desc="reading", unit="img")
-    for p in it:
-        try:
-            arrays.append(decode_array(p, channels=preprocess.channels, size=preprocess.image_size))
-        except DatasetError as exc:
-            if strict:
-                raise
-            warnings.warn(f"skipped {exc}", stacklevel=2)
-            skipped.append(str(exc))
-            continue
-        kept.append(os.fspath(p))
-    c, (h, w) = preprocess.channels, preprocess.image_size
-    if not arrays:
-        return torch.empty(0, c, h, w, dtype=torch.uint8), kept, skipped
-    import numpy as np
-    return torch.from_numpy(np.stack(arrays)), kept, skipped
+
+        def wrap(items):
+            return progress_bar(items, desc="reading", unit="img")
+    return read_image_files(paths, channels=preprocess.channels, size=preprocess.image_size, strict=strict,
+                            wrap=wrap)
 
 
 # ---------------------------------------------------------------- classifier
@@ -329,15 +143,19 @@ class FewShotClassifier(nn.Module):
     channels (converted to what the encoder was trained on), and returns logits
     ``[B, num_classes]``; ``softmax(logits / temperature)`` are calibrated probabilities
     (the temperature is fitted on the support set by leave-one-out).
+
+    ``head``: a fitted ``proto``, ``ls`` or ``nn`` head of one task over ``class_names``, or None
+    until one is fitted (:meth:`embed` needs none; :func:`~fewshot.adaptation.adapt.adapt` fits it
+    on the embedded support).
     """
 
-    def __init__(self, encoder: nn.Module, preprocess: Preprocess, head: nn.Module,
+    def __init__(self, encoder: nn.Module, preprocess: Preprocess, head: Fitted | None,
                  class_names: Sequence[str],
                  *, transform: str = "none", base_mean: torch.Tensor | None = None, temperature: float = 1.0,
                  source: dict | None = None, report: object | None = None, tta: TTA | None = None):
         super().__init__()
-        if head.kind not in HEAD_KINDS:
-            raise FewShotError(f"unknown head kind {head.kind!r}")
+        if head is not None:
+            head_kind(head)
         self.encoder = encoder.eval()
         self.preprocess = preprocess
         self.head = head
@@ -383,7 +201,15 @@ class FewShotClassifier(nn.Module):
 
     @property
     def head_kind(self) -> str:
-        return self.head.kind
+        return head_kind(self.head)
+
+    def _apply(self, fn, recurse: bool = True):  # .to(device) / .double() reach the head's tensors too
+        super()._apply(fn, recurse)
+        if self.head is not None:
+            state = self.head.state_dict()
+            self.head = type(self.head).from_state_dict(
+                {k: fn(v) if isinstance(v, torch.Tensor) else v for k, v in state.items()})
+        return self
 
     def _device(self) -> torch.device:
         return next(self.encoder.parameters()).device
@@ -436,20 +262,25 @@ class FewShotClassifier(nn.Module):
             return torch.empty(0, 0)
         return torch.cat(out)
 
+    def logits(self, z: torch.Tensor) -> torch.Tensor:
+        """The head's logits ``[N, K]`` of transformed embeddings ``z [N, D]``."""
+        if self.head is None:
+            raise FewShotError("this classifier has no fitted head yet")
+        return self.head(z.unsqueeze(0))[0].float()
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(images))
+        return self.logits(self.features(images))
 
     def predict_proba(self, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
         """Softmax of the logits at the fitted temperature, ``[N, K]``.
 
-        Fewer than ``SMALL_BATCH`` images run on one intra-op thread: for a single image, thread
-        synchronisation costs more than the work (measured 3 ms on one thread vs 150 ms on two on
-        the busy 2-core dev machine)."""
+        Fewer than ``SMALL_BATCH`` images run on one intra-op thread: for a few images, thread
+        synchronisation costs more than the work."""
         n = images.shape[0] if images.dim() == 4 else 1
         with threads(1 if n < SMALL_BATCH else None):
             z = self.embed(images, batch_size)
             with torch.inference_mode():
-                return torch.softmax(self.head(z) / self.temperature, dim=1)
+                return torch.softmax(self.logits(z) / self.temperature, dim=1)
 
     def predict(self, paths_or_images: Sequence[str | os.PathLike] | torch.Tensor, *, top_k: int = 3,
                 reject: float | None = None, batch_size: int = 256, strict: bool = False,
@@ -487,7 +318,7 @@ class FewShotClassifier(nn.Module):
             "preprocess": self.preprocess.to_dict(),
             "transform": self.transform,
             "base_mean": self.base_mean,
-            "head": {"kind": self.head.kind, **self.head.state()},
+            "head": head_record(self.head),
             "class_names": list(self.class_names),
             "temperature": self.temperature,
             **({"int8_calibration": self.int8_calibration} if self.int8_calibration is not None else {}),
@@ -509,7 +340,7 @@ class FewShotClassifier(nn.Module):
         return path
 
     def extra_repr(self) -> str:
-        return (f"head={self.head.kind}, classes={self.num_classes}, transform={self.transform}, "
+        return (f"head={self.head_kind}, classes={self.num_classes}, transform={self.transform}, "
                 f"temperature={self.temperature:.4g}, int8={self.int8}"
                 + ("" if self.tta is None or self.tta.plain else f", tta={self.tta.views}"))
 
@@ -596,11 +427,7 @@ def load_classifier(path: str | os.PathLike, *, device: str = "cpu") -> FewShotC
         raise FewShotError("model file is damaged or was modified (content hash mismatch)", path)
     payload = check_payload(payload, path)  # every field, before anything is built from it
     try:
-        head_doc = dict(payload["head"])
-        kind = head_doc.pop("kind")
-        if kind not in STATES:
-            raise FewShotError(f"unknown head kind {kind!r} in model file", path)
-        head = STATES[kind].from_state(head_doc)
+        head = head_from_record(payload["head"])
         preprocess = Preprocess.from_dict(payload["preprocess"])
         encoder, _ = _encoder_from_source(payload["encoder"], path, device)
         check_feature_size(encoder, payload["head"], path)  # also for a referenced checkpoint

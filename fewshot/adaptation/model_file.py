@@ -148,11 +148,19 @@ def _check_head(c: _Checker, head: Any) -> tuple[int, int]:
     want = {"proto": {"sums", "counts", "distance"},
             "ls": {"xtx", "xsum", "xty", "counts", "lam", "weight", "bias"},
             "nn": {"features", "labels", "num_classes", "distance"}}[kind]
+    optional = {"proto": {"scale"}, "ls": set(), "nn": {"k", "weighted"}}[kind]  # absent: the defaults
     got = set(map(str, head)) - {"kind"}
-    if got != want:
-        c.fail("head", f"a {kind} head holds {', '.join(sorted(want))}; got {', '.join(sorted(got))}")
+    if not want <= got <= want | optional:
+        c.fail("head", f"a {kind} head holds {', '.join(sorted(want))} (optional: "
+                       f"{', '.join(sorted(optional)) or 'none'}); got {', '.join(sorted(got))}")
     if kind in ("proto", "nn") and head["distance"] not in DISTANCES:
         c.fail("head.distance", f"must be one of {', '.join(DISTANCES)}, got {head['distance']!r}")
+    if "scale" in head:
+        c.number("head.scale", head["scale"], positive=True)
+    if "k" in head:
+        c.integer("head.k", head["k"], 1)
+    if "weighted" in head and not isinstance(head["weighted"], bool):
+        c.fail("head.weighted", f"must be true or false, got {head['weighted']!r}")
     if kind == "proto":
         sums = c.tensor("head.sums", head["sums"], 2)
         k, d = sums.shape

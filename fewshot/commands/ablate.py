@@ -7,8 +7,6 @@ import shlex
 import sys
 from pathlib import Path
 
-from fewshot.commands.argtypes import key_value
-
 HELP = "run a resumable ablation grid (loss x miner x weights x m x dim x mode x head x shot ...) over seeds"
 
 FACTOR_FLAGS = {  # flag -> (factor, type of one level)
@@ -21,6 +19,10 @@ FACTOR_FLAGS = {  # flag -> (factor, type of one level)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from fewshot.models.encoders import ENCODERS
+    from fewshot.models.losses import LOSSES, MINERS
+    from fewshot.registry import choices_help
+
     p.add_argument("--grid", default=None, metavar="TOML",
                    help="grid file (see benchmarks/ablations/*.toml); flags below override its entries")
     p.add_argument("--out", default=None, metavar="DIR",
@@ -30,17 +32,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     d.add_argument("--data", default=None, help="training data spec (default glyphs)")
     d.add_argument("--split", default=None, help="training split (default base)")
     d.add_argument("--novel", action="append", default=None, metavar="[NAME=]SPEC",
-                   help="evaluation set (repeatable; default: the novel split of --data)")
+                   help="evaluation set (repeatable; default: the novel set of --data's benchmark protocol)")
     d.add_argument("--novel-split", default=None, help="split of every --novel spec")
     d.add_argument("--within-group", action="store_true", help="within-group episodes on every --novel set")
     f = p.add_argument_group("factors (comma-separated levels; one level = a fixed setting)")
     f.add_argument("--mode", help="metric, episodic")
-    f.add_argument("--loss", help="circle, contrastive, triplet, multisimilarity, ...")
-    f.add_argument("--miner", help="multisimilarity, none, triplet-semihard, batch-hard")
+    f.add_argument("--loss", help=choices_help(LOSSES))
+    f.add_argument("--miner", help=choices_help(MINERS))
     f.add_argument("--weights", help="W_METRIC/W_CE pairs, e.g. 0.1/1,1/0,0/1")
     f.add_argument("--m", help="images per class in a batch, e.g. 2,4,8")
     f.add_argument("--embedding-dim", help="projection sizes, e.g. none,64")
-    f.add_argument("--encoder", help="conv4, resnet12, ...")
+    f.add_argument("--encoder", help=choices_help(ENCODERS))
     f.add_argument("--episodic-head", help="proto (ProtoNet), ls (R2-D2)")
     f.add_argument("--epochs", help="training epochs")
     f.add_argument("--lr", help="learning rates")
@@ -49,10 +51,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     f.add_argument("--shot", "--shots", dest="shot", help="shots, e.g. 1,5,10,20")
     f.add_argument("--transform", help="default, none, l2, cl2n")
     o = p.add_argument_group("fixed settings")
-    o.add_argument("--recipe", default=None, help="TRAIN recipe the metric cells start from")
-    o.add_argument("--set", action="append", type=key_value, default=[], metavar="K=V",
+    o.add_argument("--recipe", default=None, help="training recipe the metric cells start from")
+    o.add_argument("--set", action="append", default=[], metavar="K=V",
                    help="fixed training setting for metric cells (TrainConfig field), repeatable")
-    o.add_argument("--episodic-set", action="append", type=key_value, default=[], metavar="K=V",
+    o.add_argument("--episodic-set", action="append", default=[], metavar="K=V",
                    help="fixed setting for episodic cells (EpisodicConfig field), repeatable")
     o.add_argument("--seeds", default=None,
                    help="N (seeds 0..N-1) or a comma-separated list (default 3)")
@@ -91,8 +93,10 @@ def _level(text: str, kind, flag: str):
 def build_grid(args: argparse.Namespace):
     """The grid of ``--grid`` with every flag applied on top."""
     from fewshot.errors import FewShotError
-    from fewshot.experiments.ablate import grid_from_dict, read_grid_file
-    from fewshot.models.losses import parse_loss_args
+    from fewshot.experiments.grid import grid_from_dict, read_grid_file
+    from fewshot.options import declared, parse_pairs, typed_options
+    from fewshot.training.episodic import EpisodicConfig
+    from fewshot.training.trainer import TrainConfig
 
     doc: dict = {}
     source = None
@@ -133,23 +137,20 @@ def build_grid(args: argparse.Namespace):
             ev["sets"] = sets
         doc["eval"] = ev
     if args.set:
-        doc["train"] = {**doc.get("train", {}), **parse_loss_args(args.set)}
+        doc["train"] = {**doc.get("train", {}), **typed_options(
+            declared(TrainConfig)[0], parse_pairs(args.set, "--set"), "training")}
     if args.episodic_set:
-        doc["episodic"] = {**doc.get("episodic", {}), **parse_loss_args(args.episodic_set)}
+        episodic = parse_pairs(args.episodic_set, "--episodic-set")
+        doc["episodic"] = {**doc.get("episodic", {}),
+                           **typed_options(declared(EpisodicConfig)[0], episodic, "episodic training")}
     return grid_from_dict(doc, source=source)
 
 
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from fewshot.experiments.ablate import (
-        format_comparisons,
-        format_table,
-        load_results,
-        run_ablation,
-        summarize,
-        write_summary,
-    )
+    from fewshot.experiments.ablate import load_results, run_ablation
+    from fewshot.experiments.summary import format_comparisons, format_table, summarize, write_summary
 
     grid = build_grid(args)
     out = Path(args.out) if args.out else Path("runs") / f"ablate-{grid.name}"

@@ -16,19 +16,12 @@ def int_list(text: str) -> list[int]:
     return values
 
 
-def key_value(text: str) -> str:
-    """A ``KEY=VALUE`` option, kept as text (values are parsed where they are used)."""
-    if "=" not in text:
-        raise argparse.ArgumentTypeError(f"expected key=value, got {text!r}")
-    return text
-
-
 def add_tta_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup, default: str) -> None:
     """``--tta N`` and ``--tta-arg K=V`` (eval, compare, adapt, predict); ``default`` says where the
     setting comes from when neither is given."""
     parser.add_argument("--tta", type=positive_int, default=None, metavar="N",
                         help=f"test-time augmentation: views per image, 1 = plain (default: {default})")
-    parser.add_argument("--tta-arg", action="append", type=key_value, default=[], metavar="K=V",
+    parser.add_argument("--tta-arg", action="append", default=[], metavar="K=V",
                         help="TTA augmentation option, e.g. degrees=20, scale=0.8,1.2, mode=crop, flip=true, "
                              "seed=1 (repeatable; over the default's options)")
 

@@ -5,13 +5,17 @@ from __future__ import annotations
 import argparse
 import time
 
-from fewshot.commands.argtypes import add_tta_arguments, int_list, key_value
+from fewshot.commands.argtypes import add_tta_arguments, int_list
 
 HELP = "train an encoder, then compare few-shot heads on novel classes (default: the built-in glyph set)"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from fewshot.evaluation.features import TRANSFORMS
     from fewshot.experiments.compare import DEFAULT_HEADS
+    from fewshot.models.encoders import ENCODERS
+    from fewshot.models.losses import DISTANCES, LOSSES, MINERS
+    from fewshot.registry import choices_help
 
     d = p.add_argument_group("data")
     d.add_argument("--data", default="glyphs",
@@ -20,19 +24,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     d.add_argument("--split", default=None,
                    help="split of --data to train on (default: base when it has one)")
     d.add_argument("--novel", default=None, metavar="SPEC",
-                   help="novel classes to evaluate on (default: the novel split of --data)")
+                   help="novel classes to evaluate on (default: the novel set of --data's protocol)")
     d.add_argument("--novel-split", default=None, help="split of --novel (default: novel when it has one)")
     d.add_argument("--val", default=None, metavar="SPEC",
-                   help="validation classes (default: the val split or the recipe's, "
+                   help="validation classes (default: the recipe's, else the val split of --data, "
                         "else held-out base classes)")
     d.add_argument("--val-split", default=None, help="split of --val")
     t = p.add_argument_group("training (override the recipe)")
     t.add_argument("--recipe", default=None,
-                   help="TRAIN recipe name or .toml file (default: the one named after the data kind)")
-    t.add_argument("--encoder", default=None, help="conv4, resnet12, resnet18, resnet50")
+                   help="training recipe name or .toml file (default: the one named after the data kind)")
+    t.add_argument("--encoder", default=None, help=choices_help(ENCODERS))
     t.add_argument("--embedding-dim", type=int, default=None)
-    t.add_argument("--loss", default=None, help="circle, contrastive, triplet, multisimilarity, ...")
-    t.add_argument("--miner", default=None, help="multisimilarity, triplet-semihard, batch-hard, none")
+    t.add_argument("--loss", default=None, help=choices_help(LOSSES))
+    t.add_argument("--miner", default=None, help=choices_help(MINERS))
     t.add_argument("--w-metric", type=float, default=None, help="weight of the metric loss")
     t.add_argument("--w-ce", type=float, default=None, help="weight of the joint cross-entropy")
     t.add_argument("--m", type=int, default=None, help="images per class in a batch (M-per-class sampler)")
@@ -41,7 +45,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     t.add_argument("--lr", type=float, default=None)
     t.add_argument("--seed", type=int, default=None, help="training seed (default: the recipe's, 0)")
     t.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:N")
-    t.add_argument("--set", action="append", type=key_value, default=[], metavar="K=V",
+    t.add_argument("--set", action="append", default=[], metavar="K=V",
                    help="any other training setting, e.g. --set val_episodes=200 (repeatable)")
     t.add_argument("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads)")
     t.add_argument("--tensorboard", action="store_true", default=None,
@@ -54,9 +58,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     e.add_argument("--query", type=int, default=15, help="query images per class (default 15)")
     e.add_argument("--episodes", type=int, default=2000, help="fixed episodes per shot (default 2000)")
     e.add_argument("--episode-seed", type=int, default=0, help="episode sampling seed (default 0)")
-    e.add_argument("--transform", choices=("none", "l2", "cl2n"), default=None,
+    e.add_argument("--transform", choices=TRANSFORMS, default=None,
                    help="feature transform (default: the checkpoint's distance decides)")
-    e.add_argument("--distance", choices=("cosine", "euclidean"), default=None)
+    e.add_argument("--distance", choices=DISTANCES, default=None)
     e.add_argument("--within-group", action="store_true", help="all classes of an episode from one group")
     e.add_argument("--tsne", action="store_true", help="also plot a t-SNE of novel features")
     add_tta_arguments(e, "the recipe's, as recorded in the checkpoint")
@@ -71,7 +75,8 @@ def run(args: argparse.Namespace) -> int:
     from fewshot.evaluation.evaluate import split_heads
     from fewshot.evaluation.tta import parse_tta_args
     from fewshot.experiments.compare import CompareConfig, compare
-    from fewshot.models.losses import parse_loss_args
+    from fewshot.options import declared, parse_pairs, typed_options
+    from fewshot.training.trainer import TrainConfig
 
     start = time.perf_counter()
     if args.threads:
@@ -81,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
                  "batch_size": args.batch_size, "epochs": args.epochs, "lr": args.lr, "seed": args.seed,
                  "device": args.device, "tensorboard": args.tensorboard}
     overrides = {k: v for k, v in overrides.items() if v is not None}
-    overrides.update(parse_loss_args(args.set))
+    overrides.update(typed_options(declared(TrainConfig)[0], parse_pairs(args.set, "--set"), "training"))
     heads = split_heads(args.heads)
     if not heads:
         raise FewShotError("--heads names no head")

@@ -65,7 +65,9 @@ def load_eval_data(spec: str, split: str | None):
 
 
 def run(args: argparse.Namespace) -> int:
+    from episodes.protocols import EpisodeProtocol
     from fewshot.evaluation.evaluate import evaluate
+    from fewshot.evaluation.report import write_report
     from fewshot.evaluation.tta import parse_tta_args
 
     for name in ("way", "query", "episodes", "batch_size"):
@@ -79,13 +81,15 @@ def run(args: argparse.Namespace) -> int:
     challenge = runs is not None
     if challenge and args.episodes_file:
         raise FewShotError("omniglot-runs data come with fixed episodes; drop --episodes-file")
+    episodes = runs if challenge else args.episodes_file or EpisodeProtocol(
+        args.way, tuple(args.shot), args.query, args.episodes, args.within_group, args.seed)
     result = evaluate(
-        args.checkpoint, data, heads=args.heads, way=args.way, shots=args.shot, query=args.query,
-        episodes=runs if challenge else args.episodes, seed=args.seed, transform=args.transform,
-        distance=args.distance, within_group=args.within_group, episodes_file=args.episodes_file,
-        out_dir=args.out, tsne=args.tsne, progress=not args.quiet, device=args.device,
+        args.checkpoint, data, heads=args.heads, episodes=episodes, transform=args.transform,
+        distance=args.distance, tsne=args.tsne, progress=not args.quiet, device=args.device,
         batch_size=args.batch_size, challenge=challenge, tta_views=args.tta,
         tta_args=parse_tta_args(args.tta_arg), retrieval=not args.no_retrieval)
+    if args.out:
+        write_report(result, args.out)
     print(result.table())
     if challenge:
         print(f"(Omniglot challenge: {len(result.accuracy[(result.heads[0], result.shots[0])])} runs, "

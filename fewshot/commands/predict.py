@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import os
 import sys
 import warnings
 from pathlib import Path
@@ -37,31 +36,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu")
 
 
-def collect(paths: list[str], strict: bool = False) -> tuple[list[str], list[str | None]]:
-    """Image paths and their true class (the class subfolder under a given folder, else None)."""
-    from episodes.decode import is_image_file
-    from episodes.errors import DatasetError
-
-    files: list[str] = []
-    truth: list[str | None] = []
-    for p in paths:
-        path = Path(p)
-        if path.is_dir():
-            for f in sorted(x for x in path.rglob("*") if x.is_file() and not x.name.startswith(".")):
-                if not is_image_file(f):
-                    if strict:
-                        raise DatasetError("not an image file", f)
-                    warnings.warn(f"skipped {f}: not an image file", stacklevel=2)
-                    continue
-                rel = f.relative_to(path).parts
-                files.append(os.fspath(f))
-                truth.append(rel[0] if len(rel) > 1 else None)
-        else:
-            files.append(os.fspath(path))
-            truth.append(None)
-    return files, truth
-
-
 def confusion_png(path: Path, y_true: list[str], y_pred: list[str], labels: list[str]) -> None:
     """Write a scikit-learn confusion-matrix plot (rows: true class, columns: predicted). Long class
     names are shown by what tells them apart (:func:`fewshot.figures.compact_labels`; the part they
@@ -87,6 +61,7 @@ def confusion_png(path: Path, y_true: list[str], y_pred: list[str], labels: list
 
 
 def run(args: argparse.Namespace) -> int:
+    from episodes.files import list_image_files
     from fewshot.adaptation.classifier import load_classifier
 
     if args.top_k < 1:
@@ -111,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
         clf.tta = override_tta(base, args.tta, parse_tta_args(args.tta_arg))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        files, truth = collect(raw, strict=args.strict)
+        files, truth = list_image_files(raw, strict=args.strict)
         pred = clf.predict(files, top_k=args.top_k, reject=args.reject, batch_size=args.batch_size,
                            strict=args.strict, progress=True)
     for w in caught:

@@ -6,9 +6,13 @@ import argparse
 import sys
 
 from episodes.atomic import ensure_writable_dir
-from fewshot.commands.argtypes import key_value
 from fewshot.errors import FewShotError
-from fewshot.models.losses import parse_loss_args
+from fewshot.models.encoders import ENCODERS, typed_encoder_args
+from fewshot.models.losses import DISTANCES, LOSSES, MINERS
+from fewshot.options import declared, parse_pairs, typed_options
+from fewshot.registry import choices_help
+from fewshot.training.augment import Augment
+from fewshot.training.config import OBJECTIVES, OPTIMIZERS, SAMPLERS, TrainConfig
 
 HELP = "train an encoder with a metric loss (+ cross-entropy) on base classes"
 
@@ -26,8 +30,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     d.add_argument("--recipe", default=None,
                    help="shipped recipe (omniglot, miniimagenet, glyphs) or a .toml file")
     m = p.add_argument_group("model")
-    m.add_argument("--encoder", default=None, help="conv4, resnet12, resnet18, resnet50")
-    m.add_argument("--encoder-arg", action="append", type=key_value, default=None, metavar="K=V",
+    m.add_argument("--encoder", default=None, help=choices_help(ENCODERS, "conv4"))
+    m.add_argument("--encoder-arg", action="append", default=None, metavar="K=V",
                    help="encoder option, e.g. width=128, pool=avg, drop_rate=0.1, weights=FILE")
     m.add_argument("--embedding-dim", type=int, default=None, help="project features to this size")
     m.add_argument("--image-size", type=int, default=None, help="train at this square size")
@@ -35,30 +39,28 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     m.add_argument("--download", action="store_true", default=None,
                    help="download ImageNet weights for torchvision ResNets")
     o = p.add_argument_group("objective")
-    o.add_argument("--objective", choices=("metric", "protonet", "r2d2"), default=None,
+    o.add_argument("--objective", choices=OBJECTIVES, default=None,
                    help="metric (loss + miner + cross-entropy, default), or episodic protonet / r2d2")
-    o.add_argument("--loss", default=None, help="circle (default), contrastive, triplet, multisimilarity, "
-                   "ntxent, supcon, arcface, proxyanchor")
-    o.add_argument("--loss-arg", action="append", type=key_value, default=None, metavar="K=V",
+    o.add_argument("--loss", default=None, help=choices_help(LOSSES, "circle"))
+    o.add_argument("--loss-arg", action="append", default=None, metavar="K=V",
                    help="loss keyword argument, e.g. m=0.25 (repeatable)")
-    o.add_argument("--miner", default=None,
-                   help="multisimilarity (default), triplet-semihard, triplet-hard, batch-hard, none")
-    o.add_argument("--distance", choices=("cosine", "euclidean"), default=None)
+    o.add_argument("--miner", default=None, help=choices_help(MINERS, "multisimilarity"))
+    o.add_argument("--distance", choices=DISTANCES, default=None)
     o.add_argument("--w-metric", type=float, default=None, help="weight of the metric loss (default 0.1)")
     o.add_argument("--w-ce", type=float, default=None, help="weight of cross-entropy (default 1.0)")
     o.add_argument("--label-smoothing", type=float, default=None)
     s = p.add_argument_group("batches and augmentation")
-    s.add_argument("--sampler", choices=("mperclass", "random"), default=None)
+    s.add_argument("--sampler", choices=SAMPLERS, default=None)
     s.add_argument("--m", type=int, default=None, help="images per class in a batch (default 4)")
     s.add_argument("--batch-size", type=int, default=None, help="global batch size (default 64)")
     s.add_argument("--rotate-classes", action=argparse.BooleanOptionalAction, default=None,
                    help="add 90/180/270-degree rotations as new classes")
     s.add_argument("--mirror-classes", action=argparse.BooleanOptionalAction, default=None,
                    help="add horizontal mirror images as new classes")
-    s.add_argument("--augment-arg", action="append", type=key_value, default=None, metavar="K=V",
+    s.add_argument("--augment-arg", action="append", default=None, metavar="K=V",
                    help="augmentation option, e.g. mode=crop, degrees=15, flip=true, elastic=0.03")
     t = p.add_argument_group("optimisation")
-    t.add_argument("--optimizer", choices=("sgd", "adamw", "adam"), default=None)
+    t.add_argument("--optimizer", choices=OPTIMIZERS, default=None)
     t.add_argument("--lr", type=float, default=None)
     t.add_argument("--weight-decay", type=float, default=None)
     t.add_argument("--epochs", type=int, default=None)
@@ -81,7 +83,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def build_config(args: argparse.Namespace):
-    from fewshot.training.config import TrainConfig
+    """The run's TrainConfig: defaults, the recipe, the flags; ``K=V`` texts typed by the options
+    declared by the encoder, the loss and :class:`~fewshot.training.augment.Augment`."""
     overrides = {
         "data": args.data, "split": args.split, "val": args.val, "out": args.out,
         "encoder": args.encoder, "embedding_dim": args.embedding_dim, "image_size": args.image_size,
@@ -95,11 +98,15 @@ def build_config(args: argparse.Namespace):
         "compile": args.compile, "resume": args.resume, "val_every": args.val_every,
         "val_episodes": args.val_episodes, "val_way": args.val_way, "val_shots": args.val_shots,
         "val_within_group": args.val_within_group, "tensorboard": args.tensorboard,
-        "loss_args": parse_loss_args(args.loss_arg) if args.loss_arg else None,
-        "encoder_args": parse_loss_args(args.encoder_arg) if args.encoder_arg else None,
-        "augment": parse_loss_args(args.augment_arg) if args.augment_arg else None,
+        "loss_args": parse_pairs(args.loss_arg, "--loss-arg") if args.loss_arg else None,
+        "encoder_args": parse_pairs(args.encoder_arg, "--encoder-arg") if args.encoder_arg else None,
+        "augment": parse_pairs(args.augment_arg, "--augment-arg") if args.augment_arg else None,
     }
-    return TrainConfig.resolve(args.recipe, **overrides)
+    cfg = TrainConfig.resolve(args.recipe, **overrides)
+    cfg.encoder_args = typed_encoder_args(cfg.encoder, cfg.encoder_args)
+    cfg.loss_args = LOSSES.options(cfg.loss, **cfg.loss_args)[1]
+    cfg.augment = typed_options(declared(Augment)[0], cfg.augment, "augmentation")
+    return cfg
 
 
 def run(args: argparse.Namespace) -> int:

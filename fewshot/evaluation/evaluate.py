@@ -17,7 +17,6 @@ import os
 import platform
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -25,7 +24,8 @@ import torch
 
 from episodes.imageset import ImageSet
 from episodes.manifest import load_manifest
-from episodes.sampling import Episodes, EpisodeSpec, sample_episodes
+from episodes.protocols import EpisodeProtocol
+from episodes.sampling import Episodes
 from fewshot.device import pick_device
 from fewshot.errors import FewShotError
 from fewshot.evaluation import stats
@@ -43,6 +43,7 @@ from fewshot.heads.base import check_distance
 from fewshot.heads.batch import EpisodeBatch, centred_features
 
 DEFAULT_HEADS = ("proto", "nn", "ls", "ls-mlp", "logreg")
+DEFAULT_EPISODES = EpisodeProtocol()   # 5-way 1- and 5-shot, 15 queries, 2,000 episodes per shot, seed 0
 # Gathered support+query features per chunk. Small enough that the chunk's rows stay in cache
 # between the gather, the centring and the shared matmul; large enough to amortise the per-chunk
 # Python overhead of the heads (see benchmarks/eval_throughput.py --tune-chunks).
@@ -275,21 +276,34 @@ def versions() -> dict:
             "numpy": np.__version__, "scipy": scipy.__version__, "scikit-learn": sklearn.__version__}
 
 
-def _episode_sets(data: ImageSet, way: int, shots: Sequence[int], query: int, episodes: int | Episodes,
-                  seed: int, within_group: bool, episodes_file) -> list[Episodes]:
-    if isinstance(episodes, Episodes):
-        return [episodes]
-    if episodes_file:
-        files = [episodes_file] if isinstance(episodes_file, (str, os.PathLike)) else list(episodes_file)
-        sets = [load_manifest(f, data) for f in files]
-        seen = [e.spec.shot for e in sets]
-        if len(set(seen)) != len(seen):
-            raise FewShotError(f"two episode files have the same shot ({seen})")
-        return sets
-    if not shots:
-        raise FewShotError("no shots to evaluate")
-    return [sample_episodes(data, EpisodeSpec(way, int(s), query), int(episodes), seed=seed,
-                            within_group=within_group) for s in shots]
+EpisodeSource = EpisodeProtocol | Episodes | str | os.PathLike | Sequence[Episodes | str | os.PathLike]
+
+
+def _episode_sets(data: ImageSet, episodes: EpisodeSource) -> list[Episodes]:
+    """The episodes to score: drawn by a protocol (one draw per shot), given, or read from manifests."""
+    if isinstance(episodes, EpisodeProtocol):
+        return episodes.sample(data)
+    items = [episodes] if isinstance(episodes, (Episodes, str, os.PathLike)) else list(episodes)
+    if not items:
+        raise FewShotError("no episodes to score")
+    sets = [e if isinstance(e, Episodes) else load_manifest(e, data) for e in items]
+    seen = [int(e.support.shape[2]) for e in sets]
+    if len(set(seen)) != len(seen):
+        raise FewShotError(f"two episode sets have the same shot ({seen})")
+    return sets
+
+
+def _episode_record(episodes: EpisodeSource, sets: list[Episodes]) -> dict:
+    """How the episodes were chosen, for ``results.json``: the drawing seed or the manifest files."""
+    files = None
+    if isinstance(episodes, (str, os.PathLike)):
+        files = os.fspath(episodes)
+    elif not isinstance(episodes, (EpisodeProtocol, Episodes)):
+        paths = [os.fspath(e) for e in episodes if isinstance(e, (str, os.PathLike))]
+        files = paths or None
+    seed = episodes.seed if isinstance(episodes, EpisodeProtocol) else None if files else sets[0].seed
+    within = bool(getattr(episodes, "within_group", False) or any(e.within_group for e in sets))
+    return {"seed": seed, "episodes_file": files, "within_group": within}
 
 
 def tsne_embedding(features: torch.Tensor, data: ImageSet, seed: int = 0, max_classes: int = 10,
@@ -314,35 +328,37 @@ def tsne_embedding(features: torch.Tensor, data: ImageSet, seed: int = 0, max_cl
 
 
 def evaluate(checkpoint: str | os.PathLike | tuple[torch.nn.Module, dict], data: ImageSet, *,
-             heads: Sequence[str | Any] | str = DEFAULT_HEADS, way: int = 5, shots: Sequence[int] = (1, 5),
-             query: int = 15, episodes: int | Episodes = 2000, seed: int = 0, transform: str | None = None,
-             distance: str | None = None, within_group: bool = False, episodes_file=None,
-             out_dir: str | os.PathLike | None = None, tsne: bool = False, progress: bool = True,
-             device: str | None = None, batch_size: int = 256, cache_dir: str | os.PathLike | None = None,
-             challenge: bool = False, chunk_size: int | None = None, tta_views: int | None = None,
-             tta_args: dict | None = None, retrieval: bool = True) -> EvalResult:
+             heads: Sequence[str | Any] | str = DEFAULT_HEADS, episodes: EpisodeSource = DEFAULT_EPISODES,
+             transform: str | None = None, distance: str | None = None, tta_views: int | None = None,
+             tta_args: dict | None = None, challenge: bool = False, retrieval: bool = True,
+             tsne: bool = False,
+             progress: bool = True, device: str | None = None, batch_size: int = 256,
+             cache_dir: str | os.PathLike | None = None, chunk_size: int | None = None) -> EvalResult:
     """Score every head on the same episodes of ``data`` (novel classes) with the encoder of ``checkpoint``.
 
     ``checkpoint``: a path (``fewshot.models.checkpoint.load_encoder``) or a loaded ``(model, info)`` pair.
+    ``episodes``: an :class:`~episodes.protocols.EpisodeProtocol` (way, shots, query, number of
+    episodes, within-group, seed: one seeded draw per shot; default 5-way 1- and 5-shot, 15 queries,
+    2,000 episodes), fixed :class:`~episodes.Episodes` (e.g. the Omniglot challenge runs, with
+    ``challenge=True``: error rates), or manifest files (one per shot).
     ``distance`` / ``transform`` default to the checkpoint's training distance (cosine -> l2 features,
-    euclidean -> raw). ``episodes``: a count to draw per shot with ``seed``, or fixed
-    :class:`~episodes.Episodes` (e.g. the Omniglot challenge runs, with ``challenge=True``);
-    ``episodes_file``: one manifest path or several (one per shot) instead. Images are converted to
-    the encoder's channels and size by the checkpoint's preprocessing, so cross-domain data just
-    works. With ``out_dir`` the report is written there (:func:`fewshot.evaluation.report.write_report`).
+    euclidean -> raw). Images are converted to the encoder's channels and size by the checkpoint's
+    preprocessing, so cross-domain data just works. The report files are written by
+    :func:`fewshot.evaluation.report.write_report`.
 
     Test-time augmentation: the checkpoint's (:func:`fewshot.evaluation.tta.resolve_tta`; the
     recipe's views and augmentation, plain for a checkpoint without one), ``tta_views`` /
     ``tta_args`` override it.
     ``retrieval``: also precision@1, R-precision and MAP@R of leave-one-out retrieval over all images
     (:mod:`fewshot.evaluation.retrieval`, under the checkpoint's training distance) when every class has >= 2.
+    ``tsne``: also a 2-D t-SNE of up to 10 classes for the report.
     """
     dev = pick_device(device)
     model, info = _load_encoder(checkpoint, dev)
     distance = check_distance(distance or info.get("distance") or "euclidean")
     kind = transform or default_transform(distance)
     head_objs = build_heads(heads, distance)
-    ep_sets = _episode_sets(data, way, shots, query, episodes, seed, within_group, episodes_file)
+    ep_sets = _episode_sets(data, episodes)
     tta = resolve_tta(info, tta_views, tta_args)
 
     feats = embed_cached((model, info), data, cache_dir=cache_dir, device=dev, batch_size=batch_size,
@@ -360,13 +376,11 @@ def evaluate(checkpoint: str | os.PathLike | tuple[torch.nn.Module, dict], data:
             accuracy[(name, shot)] = acc
     way_used = int(ep_sets[0].support.shape[1])
     query_used = int(ep_sets[0].query.shape[2])
+    record = _episode_record(episodes, ep_sets)
     config = {"heads": [h.name for h in head_objs], "head_repr": {h.name: repr(h) for h in head_objs},
               "way": way_used, "shots": [int(e.support.shape[2]) for e in ep_sets], "query": query_used,
-              "episodes": [len(e) for e in ep_sets], "seed": seed if not episodes_file else None,
-              "episodes_file": None if not episodes_file else (
-                  [os.fspath(f) for f in episodes_file] if isinstance(episodes_file, (list, tuple))
-                  else os.fspath(episodes_file)),
-              "within_group": bool(within_group or any(e.within_group for e in ep_sets)),
+              "episodes": [len(e) for e in ep_sets], "seed": record["seed"],
+              "episodes_file": record["episodes_file"], "within_group": record["within_group"],
               "transform": kind, "distance": distance, "device": str(dev), "challenge": challenge,
               "tta": tta.to_dict()}
     result = EvalResult(
@@ -383,11 +397,9 @@ def evaluate(checkpoint: str | os.PathLike | tuple[torch.nn.Module, dict], data:
 
         result.retrieval = retrieval_figures(feats, data.labels, info.get("distance") or distance)
     if tsne:
+        seed = record["seed"] if record["seed"] is not None else next(
+            (e.seed for e in ep_sets if e.seed is not None), 0)    # manifests: the seed they were drawn with
         result.tsne = tsne_embedding(feats, data, seed)
-    if out_dir is not None:
-        from fewshot.evaluation.report import write_report
-
-        write_report(result, Path(out_dir))
     return result
 
 

@@ -23,8 +23,8 @@ from episodes.imageset import ImageSet
 from fewshot.device import pick_device
 from fewshot.errors import FewShotError
 from fewshot.evaluation.tta import TTA, images_per_pass
+from fewshot.registry import Registry
 
-TRANSFORMS = ("none", "l2", "cl2n")
 CACHE_VERSION = 1
 
 
@@ -136,28 +136,37 @@ def check_finite(features: torch.Tensor, source: str | None = None) -> None:
                            f"(first: row {first}); check the checkpoint and the input images", source)
 
 
+def _unit(features: torch.Tensor, base_mean: torch.Tensor | None = None) -> torch.Tensor:
+    return torch.nn.functional.normalize(features, dim=-1)
+
+
+def _centred_unit(features: torch.Tensor, base_mean: torch.Tensor | None = None) -> torch.Tensor:
+    if base_mean is None:
+        raise FewShotError("transform cl2n needs the base-class mean embedding; "
+                           "this checkpoint has none (use --transform l2)")
+    base_mean = torch.as_tensor(base_mean, dtype=features.dtype, device=features.device)
+    if base_mean.shape != features.shape[-1:]:
+        raise FewShotError(f"base mean has shape {tuple(base_mean.shape)}, features have dim "
+                           f"{features.shape[-1]}")
+    return _unit(features - base_mean)
+
+
+TRANSFORMS = Registry("feature transform", call=False)
+TRANSFORMS.register("none", lambda features, base_mean=None: features, doc="the features as they are.")
+TRANSFORMS.register("l2", _unit, doc="unit length.")
+TRANSFORMS.register("cl2n", _centred_unit, doc="subtract the base-class mean embedding, then unit length "
+                    "(SimpleShot, Wang et al. 2019).")
+
+
 def transform(features: torch.Tensor, kind: str = "none",
               base_mean: torch.Tensor | None = None) -> torch.Tensor:
-    """Feature transform applied before every head.
+    """Feature transform applied before every head (``TRANSFORMS``).
 
     ``none``: as is. ``l2``: unit length. ``cl2n`` (SimpleShot, Wang et al. 2019): subtract the mean
     embedding of the *base* training images (``base_mean [D]``, from the checkpoint), then unit
     length. Works on any ``[..., D]``.
     """
-    if kind not in TRANSFORMS:
-        raise FewShotError(f"unknown feature transform {kind!r}; valid: {', '.join(TRANSFORMS)}")
-    if kind == "none":
-        return features
-    if kind == "cl2n":
-        if base_mean is None:
-            raise FewShotError("transform cl2n needs the base-class mean embedding; "
-                               "this checkpoint has none (use --transform l2)")
-        base_mean = torch.as_tensor(base_mean, dtype=features.dtype, device=features.device)
-        if base_mean.shape != features.shape[-1:]:
-            raise FewShotError(f"base mean has shape {tuple(base_mean.shape)}, features have dim "
-                               f"{features.shape[-1]}")
-        features = features - base_mean
-    return torch.nn.functional.normalize(features, dim=-1)
+    return TRANSFORMS.create(kind)(features, base_mean)
 
 
 def default_transform(distance: str) -> str:

@@ -14,6 +14,9 @@
 - Multiple comparisons: all pairs (and shots) of one report form one family; verdicts use
   Holm's step-down adjusted p-values (controls the family-wise error rate, no independence
   assumption, uniformly more powerful than Bonferroni).
+- Several seeds (ablation grids): scores are paired by seed and episode (:func:`paired_by_seed`);
+  the spread across seeds is a t-interval over the per-seed means (:func:`seed_ci`), and a verdict
+  also needs every seed to agree in sign (:func:`seed_verdict`).
 """
 
 from __future__ import annotations
@@ -100,6 +103,50 @@ def holm(p_values) -> np.ndarray:
     return out
 
 
+def significant(p: float, diff: float, alpha: float = 0.05) -> bool:
+    """A difference counts when its (adjusted) p-value is below ``alpha`` and it is not zero."""
+    return bool(np.isfinite(p) and p < alpha and diff != 0)
+
+
+def seed_ci(means) -> float:
+    """Half-width of the 95% t-interval of the mean of per-seed means (NaN for one seed)."""
+    means = np.asarray(means, dtype=np.float64)
+    if len(means) < 2:
+        return float("nan")
+    return float(sps.t.ppf(0.975, len(means) - 1) * means.std(ddof=1) / np.sqrt(len(means)))
+
+
+def paired_by_seed(a: dict, b: dict) -> dict | None:
+    """Paired comparison of two cells scored on the same episodes under several seeds.
+
+    ``a``, ``b``: ``{seed: per-episode scores}``. :func:`paired` on all (seed, episode) pairs of the
+    seeds both have, plus the per-seed mean differences and how many agree in sign with the pooled
+    one; None when they share no seed.
+    """
+    seeds = sorted(set(a) & set(b))
+    if not seeds:
+        return None
+    d = np.stack([a[s] - b[s] for s in seeds])                       # [seeds, E]
+    res = paired(np.concatenate([a[s] for s in seeds]), np.concatenate([b[s] for s in seeds]))
+    per_seed = d.mean(1)
+    agree = int((np.sign(per_seed) == np.sign(res.diff)).sum()) if res.diff != 0 else 0
+    return {"diff": res.diff, "ci95": res.ci95, "p": res.p_value, "p_wilcoxon": res.p_wilcoxon,
+            "wins": res.wins, "ties": res.ties, "losses": res.losses, "seeds": len(seeds),
+            "seeds_agree": agree, "per_seed": per_seed.tolist()}
+
+
+def seed_verdict(a: str, b: str, comparison: dict, p_adjusted: float, alpha: float = 0.05) -> str:
+    """``"a > b"`` when significant and every seed agrees; a qualified sentence when only the pooled
+    episodes do; ``"no significant difference"`` otherwise (``comparison``: :func:`paired_by_seed`)."""
+    if not significant(p_adjusted, comparison["diff"], alpha):
+        return "no significant difference"
+    winner, loser = (a, b) if comparison["diff"] > 0 else (b, a)
+    if comparison["seeds_agree"] == comparison["seeds"]:
+        return f"{winner} > {loser}"
+    return (f"{winner} > {loser} on pooled episodes, "
+            f"but only {comparison['seeds_agree']}/{comparison['seeds']} seeds agree")
+
+
 def format_p(p: float) -> str:
     if not np.isfinite(p):
         return "p = n/a"
@@ -121,7 +168,7 @@ def verdict(head_a: str, head_b: str, result: Paired, *, p_adjusted: float | Non
     d, ci = result.diff * scale, result.ci95 * scale
     if result.ties == result.n:
         return f"{head_a} and {head_b} are identical on every episode"
-    if np.isfinite(p) and p < alpha and d != 0:
+    if significant(p, d, alpha):
         win, lose = (head_a, head_b) if d > 0 else (head_b, head_a)
         w, l = (result.wins, result.losses) if d > 0 else (result.losses, result.wins)
         return (f"{win} beats {lose} by {abs(d):.1f} ± {ci:.1f} {unit} ({tag}{format_p(p)}; "

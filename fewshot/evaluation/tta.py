@@ -26,7 +26,8 @@ import torch
 import torch.nn.functional as F
 
 from fewshot.errors import FewShotError
-from fewshot.training.augment import Augment
+from fewshot.options import declared, parse_pairs, typed_options
+from fewshot.training.augment import AUGMENT_MODES, Augment
 
 __all__ = ["TTA", "DRAWING_AUGMENT", "PHOTO_AUGMENT", "default_augment", "tta_from_config",
            "checkpoint_tta", "resolve_tta", "override_tta", "parse_tta_args", "images_per_pass"]
@@ -179,21 +180,17 @@ def override_tta(base: TTA, views: int | None = None, args: dict | None = None) 
     augment = dict(base.augment)
     mode = args.get("mode")
     if mode is not None and mode != augment.get("mode"):
-        if mode not in MODE_DEFAULTS:
-            raise FewShotError(f"TTA mode must be affine, crop or none, got {mode!r}")
-        augment = dict(MODE_DEFAULTS[mode])
+        augment = dict(MODE_DEFAULTS[AUGMENT_MODES.get(mode).name])
     augment.update(args)
     return TTA(base.views if views is None else views, augment, seed, normalize)
 
 
 def parse_tta_args(items: list[str] | dict | None) -> dict:
-    """``["degrees=20", "scale=0.8,1.2", "flip=true"]`` -> options (numbers, booleans, lists)."""
-    from fewshot.models.losses import parse_loss_args
-
-    try:
-        return parse_loss_args(items)
-    except FewShotError as exc:
-        raise FewShotError(str(exc).replace("--loss-arg", "--tta-arg")) from None
+    """``["degrees=20", "scale=0.8,1.2", "flip=true"]`` -> options typed by their declarations
+    (:class:`Augment`'s fields, ``seed`` and ``normalize``)."""
+    tta = declared(TTA)[0]
+    options = {**declared(Augment)[0], "seed": tta["seed"], "normalize": tta["normalize"]}
+    return typed_options(options, parse_pairs(items, "TTA option"), "TTA")
 
 
 def images_per_pass(views: int, batch_size: int) -> int:

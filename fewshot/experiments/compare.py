@@ -1,11 +1,13 @@
 """The main job: train an encoder on base classes, then compare heads on novel classes, in one call.
 
 :func:`compare` is ``fewshot train`` followed by ``fewshot eval`` with one configuration and one
-report folder: it loads the data through DATA's :func:`episodes.load_data`, trains with TRAIN's
-:func:`fewshot.training.trainer.train` under a recipe (the built-in glyph set and its ``glyphs`` recipe by
-default, so it runs anywhere without a download), draws the evaluation episodes once and saves
-them as manifests, scores every head on them with EVAL's :func:`fewshot.evaluation.evaluate.evaluate`, and
-writes EVAL's report (:func:`fewshot.evaluation.report.write_report`) next to the checkpoint.
+report folder: it loads the data (:func:`episodes.load_data`; the val and novel sets default to
+those of the data's benchmark protocol, :mod:`episodes.protocols`), trains with
+:func:`fewshot.training.trainer.train` under a recipe (the built-in glyph set and its ``glyphs``
+recipe by default, so it runs anywhere without a download), draws the evaluation episodes once and
+saves them as manifests, scores every head on them (:func:`fewshot.evaluation.evaluate.evaluate`),
+and writes the evaluation report (:func:`fewshot.evaluation.report.write_report`) next to the
+checkpoint.
 """
 
 from __future__ import annotations
@@ -20,7 +22,14 @@ from datetime import datetime
 from pathlib import Path
 
 from episodes.atomic import atomic_write_text
-from episodes.specs import SPLIT_KINDS, training_split
+from episodes.protocols import (
+    DataRef,
+    EpisodeProtocol,
+    default_validation,
+    protocol_for,
+    training_split,
+    validation_spec,
+)
 from fewshot.errors import FewShotError
 
 __all__ = ["DEFAULT_HEADS", "CompareConfig", "CompareResult", "compare", "default_out_dir"]
@@ -34,13 +43,13 @@ class CompareConfig:
 
     Attributes:
         data, split: the base classes to train on (default: the glyph set's ``base`` split).
-        novel, novel_split: the novel classes to evaluate on (default: the same source's ``novel``
-            split when it has one).
-        val, val_split: validation classes for checkpoint selection (default: the recipe's, else a
-            seeded share of the base classes, as ``fewshot train`` does).
-        recipe: TRAIN's recipe (default: the one named after the data kind, e.g. ``glyphs``, which is
-            sized so that the default run stays within 2 minutes on two CPU cores).
-        train: further TRAIN settings (``TrainConfig`` fields) that override the recipe.
+        novel, novel_split: the novel classes to evaluate on (default: the novel set of the data's
+            benchmark protocol, e.g. the ``novel`` split of a source with splits).
+        val, val_split: validation classes for checkpoint selection (default: the recipe's; else the
+            val split of a source with splits; else a seeded share of the base classes).
+        recipe: the training recipe (default: the one named after the data kind, e.g. ``glyphs``,
+            sized so that the default run stays short on a CPU).
+        train: further training settings (``TrainConfig`` fields) that override the recipe.
         heads, way, shots, query, episodes, episode_seed: the evaluation protocol.
         transform, distance, within_group: as in ``fewshot eval``.
         tta, tta_args: test-time augmentation views and options (default: the recipe's, as recorded
@@ -92,10 +101,11 @@ class CompareConfig:
 
         c = CompareConfig(**asdict(self))
         c.split = training_split(c.data, c.split)
-        if c.novel is None:
+        novel = protocol_for(c.data).novel
+        if c.novel is None and c.novel_split is None and novel is not None:
+            c.novel, c.novel_split = novel.spec, novel.split
+        elif c.novel is None:
             c.novel = c.data
-            if c.novel_split is None and c.kind in SPLIT_KINDS:
-                c.novel_split = "novel"
         if c.novel == c.data and c.novel_split == c.split:
             raise FewShotError(f"the novel classes would be the training classes ({c.data} {c.split or ''}); "
                                "give --novel or --novel-split")
@@ -106,7 +116,8 @@ class CompareConfig:
 
 @dataclass
 class CompareResult:
-    """What :func:`compare` produced: the folder, the checkpoint, TRAIN's and EVAL's results, timings."""
+    """What :func:`compare` produced: the folder, the checkpoint, the training and evaluation results,
+    timings."""
 
     out_dir: Path
     checkpoint: Path
@@ -138,11 +149,11 @@ def _say(msg: str, progress: bool) -> None:
 def compare(config: CompareConfig | None = None, *, progress: bool = True) -> CompareResult:
     """Train on the base classes, score every head on fixed novel-class episodes, write one report."""
     import episodes
-    from episodes import EpisodeSpec, sample_episodes, save_manifest
+    from episodes import save_manifest
     from fewshot.evaluation.evaluate import build_heads, evaluate
     from fewshot.evaluation.report import write_report
     from fewshot.evaluation.tta import TTA, override_tta
-    from fewshot.training.config import TrainConfig, check_config, fill_placeholders
+    from fewshot.training.config import TrainConfig, check_config
     from fewshot.training.monitor import monitors, run_title
     from fewshot.training.trainer import train
 
@@ -161,35 +172,29 @@ def compare(config: CompareConfig | None = None, *, progress: bool = True) -> Co
                               channels=train_cfg.channels)
     _say(f"base classes {base.describe()}", progress)
     val = None
-    val_spec = cfg.val or train_cfg.val
-    if not val_spec and cfg.kind in SPLIT_KINDS and cfg.split == "base":
-        val_spec = cfg.data  # the source's own val split
-    if val_spec:
-        val_spec = fill_placeholders(val_spec, cfg.data)
-        try:
-            val = episodes.load_data(val_spec, cfg.val_split if cfg.val else _default_val_split(val_spec),
-                                     image_size=base.image_size, channels=base.channels)
-        except episodes.DatasetError as exc:
-            if cfg.val:
-                raise
-            warnings.warn(f"recipe validation data unavailable ({exc}); holding out base classes instead",
-                          stacklevel=2)
-            train_cfg.val, train_cfg.val_within_group = None, False
-        else:
-            train_cfg.val = val_spec
+    try:
+        val_set = _validation_set(cfg, train_cfg.val)
+        if val_set is not None:
+            val = val_set.load(image_size=base.image_size, channels=base.channels)
+    except episodes.DatasetError as exc:
+        if cfg.val:
+            raise
+        warnings.warn(f"recipe validation data unavailable ({exc}); holding out base classes instead",
+                      stacklevel=2)
+        train_cfg.val, train_cfg.val_within_group = None, False
+    else:
+        if val is not None:
+            train_cfg.val = val_set.joined()
             _say(f"validation {val.describe()}", progress)
     novel = episodes.load_data(cfg.novel, cfg.novel_split)
     _say(f"novel classes {novel.describe()}", progress)
     # the fixed evaluation episodes, drawn before training so an impossible request fails at once;
     # nested: the same classes and queries at every shot, the first k support images of each class
-    drawn = sample_episodes(novel, EpisodeSpec(cfg.way, max(cfg.shots), cfg.query), cfg.episodes,
-                            seed=cfg.episode_seed, within_group=cfg.within_group)
+    protocol = EpisodeProtocol(cfg.way, cfg.shots, cfg.query, cfg.episodes, cfg.within_group,
+                               cfg.episode_seed)
+    nested = protocol.sample_nested(novel)
     out.mkdir(parents=True, exist_ok=True)
-    manifests = []
-    for k in cfg.shots:
-        eps = episodes.Episodes(drawn.support[:, :, :k].contiguous(), drawn.query, drawn.classes,
-                                EpisodeSpec(cfg.way, k, cfg.query), drawn.seed, drawn.within_group)
-        manifests.append(save_manifest(out / f"episodes-{k}shot.json", eps, novel))
+    manifests = [save_manifest(out / f"episodes-{eps.spec.shot}shot.json", eps, novel) for eps in nested]
     t_data = time.perf_counter() - t0
 
     # --------------------------------------------------------------- train
@@ -205,10 +210,9 @@ def compare(config: CompareConfig | None = None, *, progress: bool = True) -> Co
 
     # ---------------------------------------------------------------- eval
     t0 = time.perf_counter()
-    result = evaluate(trained.best_path, novel, heads=list(cfg.heads), way=cfg.way, shots=cfg.shots,
-                      query=cfg.query, episodes=cfg.episodes, seed=cfg.episode_seed, transform=cfg.transform,
-                      distance=cfg.distance, within_group=cfg.within_group, episodes_file=manifests,
-                      tsne=cfg.tsne, progress=progress, tta_views=cfg.tta, tta_args=cfg.tta_args)
+    result = evaluate(trained.best_path, novel, heads=list(cfg.heads), episodes=manifests,
+                      transform=cfg.transform, distance=cfg.distance, tsne=cfg.tsne, progress=progress,
+                      tta_views=cfg.tta, tta_args=cfg.tta_args)
     files = write_report(result, out)
     t_eval = time.perf_counter() - t0
     seconds = {"data": round(t_data, 2), "train": round(t_train, 2), "eval": round(t_eval, 2),
@@ -225,9 +229,14 @@ def compare(config: CompareConfig | None = None, *, progress: bool = True) -> Co
     return CompareResult(out, Path(trained.best_path), trained, result, files, seconds)
 
 
-def _default_val_split(spec: str) -> str | None:
-    kind = spec.split(":", 1)[0].split("?", 1)[0].lower()
-    return "val" if kind in SPLIT_KINDS else None
+def _validation_set(cfg: CompareConfig, recipe_val: str | None) -> DataRef | None:
+    """``--val``; else the recipe's validation set; else the val split of a source with splits
+    when training on its base split; else None (base classes are held out)."""
+    if cfg.val:
+        return DataRef(cfg.val, cfg.val_split)
+    if recipe_val:
+        return DataRef(validation_spec(recipe_val, cfg.data))
+    return default_validation(cfg.data, cfg.split)
 
 
 def _jsonable(d: dict) -> dict:

@@ -1,7 +1,8 @@
 """Few-shot heads by name: ``get_head("proto")``, ``get_head("nn", k=5)``, ``get_head("ls:lam=1")``.
 
-Options in a name are converted by the head's declared types (:mod:`fewshot.options`):
-``"nn:k=3,weighted=false"`` gives ``k=3`` and ``weighted=False``; each head checks its ranges.
+``HEADS`` is a :class:`fewshot.registry.Registry`: options in a name are converted by the head's
+declared types, ``"nn:k=3,weighted=false"`` gives ``k=3`` and ``weighted=False``; each head checks
+its ranges. ``adaptable=True`` marks the heads a standalone classifier can hold.
 
 Every head fits a batch of episodes at once: ``head.fit(support [E,S,D], labels [E,S], way)``
 returns a fitted object, and ``fitted(query [E,Q,D])`` returns logits ``[E,Q,way]``.
@@ -9,25 +10,21 @@ returns a fitted object, and ``fitted(query [E,Q,D])`` returns logits ``[E,Q,way
 
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
-from fewshot.errors import FewShotError
 from fewshot.heads.base import CallableHead, Fitted, Head, as_head
 from fewshot.heads.logreg import LogRegHead
-from fewshot.heads.ls import DEFAULT_GRID, LSHead, loo_residuals, loo_select, ridge_fit
+from fewshot.heads.ls import LSHead
 from fewshot.heads.ls_mlp import LSMLPHead
 from fewshot.heads.nn import NNHead
 from fewshot.heads.proto import ProtoHead
-from fewshot.options import parse_spec, typed_options
+from fewshot.heads.ridge import DEFAULT_GRID, loo_residuals, loo_select, ridge_fit
+from fewshot.registry import Registry
 
-HEADS: dict[str, type] = {
-    "proto": ProtoHead,
-    "nn": NNHead,
-    "ls": LSHead,
-    "ls-mlp": LSMLPHead,
-    "logreg": LogRegHead,
-}
+HEADS = Registry("head", passthrough=None)
+for _name, _cls, _adaptable in (("proto", ProtoHead, True), ("nn", NNHead, True), ("ls", LSHead, True),
+                                ("ls-mlp", LSMLPHead, False), ("logreg", LogRegHead, False)):
+    HEADS.register(_name, _cls, skip=("name",), adaptable=_adaptable)
 
 
 def get_head(name: str | Any, **kw: Any) -> Head:
@@ -37,19 +34,10 @@ def get_head(name: str | Any, **kw: Any) -> Head:
     can reach proto and nn)."""
     if not isinstance(name, str):
         return as_head(name)
-    base, opts = parse_spec(name, "head option")
-    if base not in HEADS:
-        raise FewShotError(f"unknown head {base!r}; valid heads: {', '.join(HEADS)}")
-    cls = HEADS[base]
-    params = inspect.signature(cls).parameters
-    merged = {k: v for k, v in kw.items() if not (k == "distance" and "distance" not in params)}
-    merged.update(opts)
-    merged = typed_options(cls, merged, f"head {base!r}")
-    try:
-        head = cls(**merged)
-    except TypeError as exc:
-        raise FewShotError(f"bad options for head {base!r}: {exc}") from None
-    head.name = name.strip() if opts else base
+    entry, opts = HEADS.parse(name)
+    kw = {k: v for k, v in kw.items() if k not in opts and (k != "distance" or "distance" in entry.options)}
+    head = HEADS.create(name, **kw)
+    head.name = name.strip() if opts else entry.name
     return head
 
 

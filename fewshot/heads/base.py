@@ -2,9 +2,12 @@
 ``fitted(query [E,Q,D]) -> logits [E,Q,way]``.
 
 A head turns the support set of every episode of a batch into a classifier at once (batched over
-episodes ``E``), so evaluation and episodic training never loop over single episodes in Python.
-Any plain callable ``f(support, support_labels, way) -> callable`` is accepted as a head too
-(:func:`as_head`).
+episodes ``E``; one task is ``E = 1``), so evaluation and episodic training never loop over single
+episodes in Python. The built-in heads also have ``partial_fit(fitted, support, labels, way)``,
+which extends a fitted head with new shots or new classes (labels ``>=`` the fitted way), and
+their fitted objects have ``state_dict()`` / ``from_state_dict()`` (tensors and plain values, what
+a model file stores). Any plain callable ``f(support, support_labels, way) -> callable`` is
+accepted as a head too (:func:`as_head`).
 """
 
 from __future__ import annotations
@@ -33,6 +36,15 @@ class Head(Protocol):
     name: str
 
     def fit(self, support: torch.Tensor, support_labels: torch.Tensor, way: int) -> Fitted: ...
+
+
+@runtime_checkable
+class IncrementalHead(Head, Protocol):
+    """A head whose fit can grow: ``partial_fit(None, ...)`` starts one, ``partial_fit(fitted, ...)``
+    adds shots or classes to it."""
+
+    def partial_fit(self, fitted: Fitted | None, support: torch.Tensor, support_labels: torch.Tensor,
+                    way: int) -> Fitted: ...
 
 
 class CallableHead:
@@ -76,6 +88,41 @@ def check_support(support: torch.Tensor, labels: torch.Tensor, way: int) -> None
     if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= way):
         raise FewShotError(f"support labels must lie in [0, {way}), "
                            f"got [{int(labels.min())}, {int(labels.max())}]")
+
+
+def check_extension(fitted_shape: tuple[int, ...], support: torch.Tensor, fitted_way: int, way: int) -> None:
+    """``partial_fit`` of a fitted ``[E, ..., D]`` head: same episodes and feature size, no class lost."""
+    if support.shape[0] != fitted_shape[0] or support.shape[-1] != fitted_shape[-1]:
+        raise FewShotError(f"partial_fit: the head was fitted on {fitted_shape[0]} episode(s) of "
+                           f"{fitted_shape[-1]}-d features, got support of shape {tuple(support.shape)}")
+    if way < fitted_way:
+        raise FewShotError(f"partial_fit: way {way} is below the {fitted_way} classes already fitted")
+
+
+def appended_rows(kept: torch.Tensor, kept_labels: torch.Tensor, kept_way: int, support: torch.Tensor,
+                  labels: torch.Tensor, way: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``partial_fit`` of a head that keeps its support rows: the kept rows ``[E,S0,D]`` and labels
+    with ``support [E,S,D]`` and ``labels`` appended, after the checks."""
+    check_support(support, labels, way)
+    check_extension(tuple(kept.shape), support, kept_way, way)
+    return (torch.cat([kept, support.to(kept.dtype)], 1),
+            torch.cat([kept_labels, labels.to(kept_labels.dtype)], 1))
+
+
+def pad_classes(t: torch.Tensor, way: int, dim: int) -> torch.Tensor:
+    """``t`` with zeros appended along ``dim`` up to ``way`` entries (room for new classes)."""
+    grow = way - t.shape[dim]
+    if grow <= 0:
+        return t
+    shape = list(t.shape)
+    shape[dim] = grow
+    return torch.cat([t, t.new_zeros(shape)], dim)
+
+
+def episode_index(labels: torch.Tensor, way: int) -> torch.Tensor:
+    """Flat row index ``e * way + label`` of every support row, ``[E*S]`` (for ``index_add``)."""
+    offsets = torch.arange(labels.shape[0], device=labels.device).unsqueeze(1) * way
+    return (labels.long() + offsets).reshape(-1)
 
 
 def check_query(query: torch.Tensor, dim: int, episodes: int) -> None:

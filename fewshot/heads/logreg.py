@@ -1,5 +1,7 @@
 """Logistic-regression head: scikit-learn per episode, the reference head of many papers (RFS, Tian
-et al. 2020). Slow and not differentiable; kept for comparison."""
+et al. 2020). Slow and not differentiable; kept for comparison. It has no incremental form:
+``partial_fit`` refits on the kept support plus the new rows, and a state dict holds the support
+(loading refits, deterministically)."""
 
 from __future__ import annotations
 
@@ -9,21 +11,35 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from fewshot.heads.base import check_query, check_support
+from fewshot.heads.base import appended_rows, check_query, check_support
 from fewshot.options import at_least, check, finite_positive
 
 
 @dataclass
 class FittedLogReg:
+    """One scikit-learn model per episode, the settings and the support it was fitted on."""
+
     models: list
-    dim: int
-    normalize: bool
     way: int
+    head: LogRegHead              # the settings it was fitted with
+    support: torch.Tensor         # [E,S,D] (what partial_fit refits on)
+    support_labels: torch.Tensor  # [E,S]
+
+    def state_dict(self) -> dict:
+        return {"support": self.support, "support_labels": self.support_labels, "way": self.way,
+                "C": self.head.C, "max_iter": self.head.max_iter, "normalize": self.head.normalize,
+                "random_state": self.head.random_state}
+
+    @classmethod
+    def from_state_dict(cls, d: dict) -> FittedLogReg:
+        head = LogRegHead(C=d["C"], max_iter=d["max_iter"], normalize=d["normalize"],
+                          random_state=d["random_state"])
+        return head.fit(d["support"], d["support_labels"], d["way"])
 
     def __call__(self, query: torch.Tensor) -> torch.Tensor:
-        check_query(query, self.dim, len(self.models))
+        check_query(query, self.support.shape[-1], len(self.models))
         q = query.detach().float()
-        if self.normalize:
+        if self.head.normalize:
             q = torch.nn.functional.normalize(q, dim=-1)
         q_np = q.cpu().numpy()
         out = np.full((q.shape[0], q.shape[1], self.way), -np.inf, dtype=np.float32)
@@ -65,4 +81,12 @@ class LogRegHead:
             for e in range(s_np.shape[0]):
                 model = LogisticRegression(C=self.C, max_iter=self.max_iter, random_state=self.random_state)
                 models.append(model.fit(s_np[e], y_np[e]))
-        return FittedLogReg(models, support.shape[-1], self.normalize, way)
+        return FittedLogReg(models, way, self, support.detach(), support_labels.detach())
+
+    def partial_fit(self, fitted: FittedLogReg | None, support: torch.Tensor, support_labels: torch.Tensor,
+                    way: int) -> FittedLogReg:
+        """A refit on the kept support plus ``support`` (logistic regression has no closed form to grow)."""
+        if fitted is None:
+            return self.fit(support, support_labels, way)
+        return self.fit(*appended_rows(fitted.support, fitted.support_labels, fitted.way, support,
+                                       support_labels, way), way)

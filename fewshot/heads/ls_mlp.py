@@ -12,21 +12,22 @@ of two hidden representations per unit tends to the degree-1 arc-cosine kernel (
 2009) ``k(x, y) = |x̃||ỹ| (sin θ + (π - θ) cos θ) / 2π`` with ``cos θ = x̃·ỹ / (|x̃||ỹ|)``. It needs
 only inner products and norms, so a batch costs ``O(S(S+Q)D)`` (shared with the other heads,
 :class:`~fewshot.heads.batch.EpisodeBatch`) instead of the ``O((S+Q)·D·width)`` of explicit random
-features (at ``D = 1600``, ``width = 1024`` that was 40x the cost of every other head together),
-and it has no sampling noise.
+features (``width / S`` times more: the hidden layer is much wider than a support set), and it
+has no sampling noise.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
 from fewshot.errors import FewShotError
-from fewshot.heads.base import check_query, check_support, one_hot
+from fewshot.heads.base import appended_rows, check_extension, check_query, check_support, one_hot
 from fewshot.heads.batch import EpisodeBatch
-from fewshot.heads.ls import CRITERIA, DEFAULT_GRID, FittedLinear, LSHead, check_lam_grid, dual_solve
+from fewshot.heads.ls import FittedLinear, LSHead, check_lam_grid
+from fewshot.heads.ridge import CRITERIA, DEFAULT_GRID, dual_solve
 from fewshot.options import at_least, finite_positive
 
 KINDS = ("arccos", "random", "cosine", "rbf")
@@ -63,7 +64,20 @@ class FittedRandomFeatures:
     c: torch.Tensor        # [width]
     scale: torch.Tensor    # [E]
     activation: str
-    output: FittedLinear
+    output: FittedLinear | None   # None until the output layer is solved
+
+    @property
+    def way(self) -> int:
+        return self.output.way
+
+    def state_dict(self) -> dict:
+        out = {"R": self.R, "c": self.c, "scale": self.scale, "activation": self.activation}
+        return {**out, **{f"output.{k}": v for k, v in self.output.state_dict().items()}}
+
+    @classmethod
+    def from_state_dict(cls, d: dict) -> FittedRandomFeatures:
+        output = FittedLinear.from_state_dict({k[7:]: v for k, v in d.items() if k.startswith("output.")})
+        return cls(d["R"], d["c"], d["scale"], d["activation"], output)
 
     def hidden(self, x: torch.Tensor) -> torch.Tensor:
         z = self.scale.view(-1, 1, 1).to(x.dtype) * (x @ self.R.to(x.dtype)) + self.c.to(x.dtype)
@@ -86,6 +100,18 @@ class FittedKernelRidge:
     kind: str
     param: torch.Tensor | None  # per-episode gamma (rbf) or scale (arccos)
     lam: torch.Tensor
+    support_labels: torch.Tensor  # [E,S] (what partial_fit refits on)
+
+    @property
+    def way(self) -> int:
+        return self.alpha.shape[2]
+
+    def state_dict(self) -> dict:
+        return dict(vars(self))
+
+    @classmethod
+    def from_state_dict(cls, d: dict) -> FittedKernelRidge:
+        return cls(**d)
 
     @property
     def gamma(self) -> torch.Tensor | None:
@@ -175,16 +201,41 @@ class LSMLPHead:
         if not support.is_floating_point():
             support = support.float()
         if self.kind == "random":
-            R, c = self._random_layer(support.shape[-1], support.device)
-            scale = 1.0 / support.detach().pow(2).sum(-1).mean(-1).sqrt().clamp_min(1e-12)
-            fitted = FittedRandomFeatures(R, c, scale, self.activation, output=None)  # type: ignore[arg-type]
-            fitted.output = self._ls.fit(fitted.hidden(support), support_labels, way)
-            return fitted
+            fitted = self._random_features(support)
+            return replace(fitted, output=self._ls.fit(fitted.hidden(support), support_labels, way))
         batch = EpisodeBatch.from_parts(support)
         param = self.params(batch)
         K = _kernel_rows(batch, self.kind, param)
         alpha, y_mean, lam = self._solve(K, support_labels, way)
-        return FittedKernelRidge(support, alpha, y_mean, K.mean(1), K.mean((1, 2)), self.kind, param, lam)
+        return FittedKernelRidge(support, alpha, y_mean, K.mean(1), K.mean((1, 2)), self.kind, param, lam,
+                                 support_labels)
+
+    def _random_features(self, support: torch.Tensor) -> FittedRandomFeatures:
+        """The seeded hidden layer, its input scale from ``support``; no output layer yet."""
+        R, c = self._random_layer(support.shape[-1], support.device)
+        scale = 1.0 / support.detach().pow(2).sum(-1).mean(-1).sqrt().clamp_min(1e-12)
+        return FittedRandomFeatures(R, c, scale, self.activation, output=None)
+
+    def partial_fit(self, fitted: FittedRandomFeatures | FittedKernelRidge | None, support: torch.Tensor,
+                    support_labels: torch.Tensor, way: int) -> FittedRandomFeatures | FittedKernelRidge:
+        """``kind="random"``: the hidden layer is fixed (seeded weights, the input scale of the
+        first call), so the output layer grows as :meth:`LSHead.partial_fit` does on the hidden
+        features, from sufficient statistics. Kernel kinds: a refit on the kept support plus the
+        new rows (the dual system grows with the support; the kernel parameter is re-estimated)."""
+        check_support(support, support_labels, way)
+        if not support.is_floating_point():
+            support = support.float()
+        if self.kind != "random":
+            if fitted is None:
+                return self.fit(support, support_labels, way)
+            return self.fit(*appended_rows(fitted.support, fitted.support_labels, fitted.way, support,
+                                           support_labels, way), way)
+        if fitted is None:
+            fitted = self._random_features(support)
+        else:
+            check_extension((fitted.scale.shape[0], fitted.R.shape[0]), support, fitted.way, way)
+        output = self._ls.partial_fit(fitted.output, fitted.hidden(support), support_labels, way)
+        return replace(fitted, output=output)
 
     def _solve(self, K: torch.Tensor, labels: torch.Tensor, way: int):
         return dual_solve(K, one_hot(labels, way, torch.float64), self.lam, grid=self.grid,

@@ -6,7 +6,14 @@ from dataclasses import dataclass
 
 import torch
 
-from fewshot.heads.base import check_distance, check_query, check_support, cosine_sim, sq_euclidean
+from fewshot.heads.base import (
+    appended_rows,
+    check_distance,
+    check_query,
+    check_support,
+    cosine_sim,
+    sq_euclidean,
+)
 from fewshot.heads.batch import EpisodeBatch
 from fewshot.options import at_least, check
 
@@ -29,6 +36,16 @@ class FittedNN:
     distance: str = "euclidean"
     weighted: bool = True
     eps: float = 1e-8
+
+    def state_dict(self) -> dict:
+        """Tensors and settings under the names of a model file's ``nn`` record."""
+        return {"features": self.support, "labels": self.support_labels, "num_classes": int(self.way),
+                "distance": self.distance, "k": int(self.k), "weighted": bool(self.weighted)}
+
+    @classmethod
+    def from_state_dict(cls, d: dict) -> FittedNN:
+        return cls(d["features"], d["labels"], d["num_classes"], d.get("k", 1), d["distance"],
+                   d.get("weighted", True))
 
     def __call__(self, query: torch.Tensor) -> torch.Tensor:
         check_query(query, self.support.shape[-1], self.support.shape[0])
@@ -83,6 +100,15 @@ class NNHead:
         if not support.is_floating_point():
             support = support.float()
         return FittedNN(support, support_labels, way, int(self.k), self.distance, self.weighted)
+
+    def partial_fit(self, fitted: FittedNN | None, support: torch.Tensor, support_labels: torch.Tensor,
+                    way: int) -> FittedNN:
+        """Append ``support`` to the fitted support set (the neighbours are the data itself)."""
+        if fitted is None:
+            return self.fit(support, support_labels, way)
+        rows, labels = appended_rows(fitted.support, fitted.support_labels, fitted.way, support,
+                                     support_labels, way)
+        return FittedNN(rows, labels, way, int(self.k), self.distance, self.weighted)
 
     def score_batch(self, batch: EpisodeBatch, support_labels: torch.Tensor, way: int) -> torch.Tensor:
         """Logits ``[E,Q,way]`` from the shared inner products (same values as ``fit(...)(query)``)."""

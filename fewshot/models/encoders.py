@@ -10,15 +10,21 @@ An optional linear projection shrinks a wide backbone feature (2048-d for ResNet
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from fewshot.errors import FewShotError
+from fewshot.registry import Registry
 
-__all__ = ["ENCODERS", "Encoder", "Conv4", "ResNet12", "build_encoder", "encoder_spec", "INIT_ONLY"]
+__all__ = ["ENCODERS", "CLASSIFIERS", "Encoder", "Conv4", "ResNet12", "build_encoder", "typed_encoder_args",
+           "encoder_spec", "INIT_ONLY"]
+
+ENCODERS = Registry("encoder", passthrough=nn.Module, ignore_case=True)
+CLASSIFIERS = Registry("classifier")  # base-class logits of the joint cross-entropy: (dim, classes) -> module
 
 # Options that only say where the starting weights come from: a checkpoint holds the weights
 # themselves, so its spec leaves these out and loading never reads that file or downloads.
@@ -31,6 +37,7 @@ def _conv_block(cin: int, cout: int) -> nn.Sequential:
                          nn.ReLU(inplace=True), nn.MaxPool2d(2))
 
 
+@ENCODERS.register("conv4", skip=("in_channels",))
 class Conv4(nn.Sequential):
     """ProtoNet's Conv-4: 4 x [3x3 conv ``width``, BN, ReLU, 2x2 max-pool], then flatten or pool.
 
@@ -42,8 +49,8 @@ class Conv4(nn.Sequential):
     last-width-d at any size).
     """
 
-    def __init__(self, in_channels: int = 3, width: int | Sequence[int] = 64, pool: str = "flatten",
-                 image_size: int = 84, last_pool: bool = True):
+    def __init__(self, in_channels: int = 3, width: int | Sequence[int] = 64,
+                 pool: Literal["flatten", "avg"] = "flatten", image_size: int = 84, last_pool: bool = True):
         if pool not in ("flatten", "avg"):
             raise FewShotError(f"conv4 pool must be 'flatten' or 'avg', got {pool!r}")
         widths = [int(width)] * 4 if isinstance(width, (int, float)) else [int(w) for w in width]
@@ -85,6 +92,7 @@ class _ResBlock12(nn.Module):
         return out
 
 
+@ENCODERS.register("resnet12", skip=("in_channels",))
 class ResNet12(nn.Module):
     """The few-shot ResNet-12 of MetaOptNet / RFS (channels 64-160-320-640, global average pool).
 
@@ -148,15 +156,28 @@ class _TorchvisionResNet(nn.Module):
         return self.net(x)
 
 
-ENCODERS: dict[str, Callable[..., nn.Module]] = {
-    "conv4": Conv4,
-    "resnet12": ResNet12,
-    "resnet18": lambda in_channels=3, **kw: _TorchvisionResNet("resnet18", in_channels, **kw),
-    "resnet50": lambda in_channels=3, **kw: _TorchvisionResNet("resnet50", in_channels, **kw),
-}
+@ENCODERS.register("resnet18", skip=("in_channels",))
+def resnet18(in_channels: int = 3, weights: str | os.PathLike | None = None,
+             download: bool = False) -> nn.Module:
+    """torchvision ResNet-18 (512-d), from a local weights file, ImageNet weights or scratch."""
+    return _TorchvisionResNet("resnet18", in_channels, weights, download)
+
+
+@ENCODERS.register("resnet50", skip=("in_channels",))
+def resnet50(in_channels: int = 3, weights: str | os.PathLike | None = None,
+             download: bool = False) -> nn.Module:
+    """torchvision ResNet-50 (2048-d), from a local weights file, ImageNet weights or scratch."""
+    return _TorchvisionResNet("resnet50", in_channels, weights, download)
 
 
 # ------------------------------------------------------------------ wrapper
+@CLASSIFIERS.register("linear")
+def linear_classifier(dim: int, num_classes: int) -> nn.Module:
+    """A linear layer over the embedding."""
+    return nn.Linear(dim, num_classes)
+
+
+@CLASSIFIERS.register("cosine")
 class CosineClassifier(nn.Module):
     """Base-class logits as scaled cosine similarities to learned class weights (Baseline++,
     Chen et al. 2019): the training signal then shapes the embedding's directions, which is what
@@ -171,7 +192,6 @@ class CosineClassifier(nn.Module):
         return self.log_scale.exp() * F.normalize(x, dim=1) @ F.normalize(self.weight, dim=1).t()
 
 
-CLASSIFIERS = ("linear", "cosine")
 
 
 class Encoder(nn.Module):
@@ -193,10 +213,7 @@ class Encoder(nn.Module):
             self.projection = nn.Identity()
             self.embedding_dim = self.feature_dim
         self.num_classes = int(num_classes)
-        if classifier not in CLASSIFIERS:
-            raise FewShotError(f"unknown classifier {classifier!r}; choose one of {', '.join(CLASSIFIERS)}")
-        self.classifier = (CosineClassifier(self.embedding_dim, self.num_classes) if classifier == "cosine"
-                           else nn.Linear(self.embedding_dim, self.num_classes))
+        self.classifier = CLASSIFIERS.create(classifier, dim=self.embedding_dim, num_classes=self.num_classes)
         self.spec = dict(spec or {})
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -219,6 +236,19 @@ def _feature_dim(module: nn.Module, in_channels: int, image_size: int) -> int:
     module.train(was_training)
     out = out[0] if isinstance(out, (tuple, list)) else out
     return int(out.flatten(1).shape[1])
+
+
+def typed_encoder_args(name: str, args: dict) -> dict:
+    """Encoder options (``--encoder-arg`` texts or typed values) typed by the declared options of
+    backbone ``name``, in their order: ``classifier`` must name a ``CLASSIFIERS`` entry, and
+    ``image_size`` (passed by the trainer to every encoder) is kept as it is for backbones that
+    have no use for it."""
+    entry = ENCODERS.get(name)
+    if "classifier" in args:
+        CLASSIFIERS.get(args["classifier"])
+    own = {k: v for k, v in args.items() if k != "classifier" and (k != "image_size" or k in entry.options)}
+    typed = ENCODERS.options(entry.name, **own)[1]
+    return {k: typed.get(k, v) for k, v in args.items()}
 
 
 def build_encoder(name_or_module: str | nn.Module, *, in_channels: int, num_classes: int,
@@ -244,19 +274,13 @@ def build_encoder(name_or_module: str | nn.Module, *, in_channels: int, num_clas
         spec = {"name": type(name_or_module).__name__, "in_channels": in_channels,
                 "num_classes": num_classes, "embedding_dim": embedding_dim, "kwargs": {}, "custom": True}
         return Encoder(name_or_module, dim, num_classes, embedding_dim, spec, classifier)
-    name = str(name_or_module).lower()
-    if name not in ENCODERS:
-        raise FewShotError(f"unknown encoder {name_or_module!r}; choose one of {', '.join(ENCODERS)}")
-    kwargs = dict(kw)
-    if name != "conv4":
-        kwargs.pop("image_size", None)
-    try:
-        backbone = ENCODERS[name](in_channels=in_channels, **kwargs)
-    except TypeError as exc:
-        raise FewShotError(f"bad options for encoder {name}: {exc}") from None
-    spec = {"name": name, "in_channels": in_channels, "num_classes": num_classes,
+    entry = ENCODERS.get(str(name_or_module))
+    options = typed_encoder_args(entry.name, kw)
+    backbone = ENCODERS.create(entry.name, in_channels=in_channels,
+                               **{k: v for k, v in options.items() if k in entry.options})
+    spec = {"name": entry.name, "in_channels": in_channels, "num_classes": num_classes,
             "embedding_dim": embedding_dim,
-            "kwargs": {k: (os.fspath(v) if isinstance(v, os.PathLike) else v) for k, v in kw.items()
+            "kwargs": {k: (os.fspath(v) if isinstance(v, os.PathLike) else v) for k, v in options.items()
                        if k not in INIT_ONLY}}
     if classifier != "linear":
         spec["kwargs"]["classifier"] = classifier

@@ -16,9 +16,15 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
-from fewshot.errors import FewShotError, from_options
+from fewshot.errors import FewShotError
+from fewshot.options import from_options
+from fewshot.registry import Registry
 
-__all__ = ["Augment"]
+__all__ = ["Augment", "AUGMENT_MODES"]
+
+# The geometric modes: (augment, batch, generator) -> the affine matrix entries of every image
+# (a11, a12, a21, a22, tx, ty), each [B], mapping output to input coordinates.
+AUGMENT_MODES = Registry("augmentation mode", call=False)
 
 
 @dataclass
@@ -51,8 +57,7 @@ class Augment:
     saturation: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.mode not in ("affine", "crop", "none"):
-            raise FewShotError(f"augmentation mode must be affine, crop or none, got {self.mode!r}")
+        AUGMENT_MODES.get(self.mode)
         self.scale = (float(self.scale[0]), float(self.scale[1]))
         self.ratio = (float(self.ratio[0]), float(self.ratio[1]))
         if not 0 < self.scale[0] <= self.scale[1]:
@@ -60,7 +65,7 @@ class Augment:
 
     @classmethod
     def from_dict(cls, d: dict | None) -> Augment:
-        return from_options(cls, dict(d or {}), "augmentation options")
+        return from_options(cls, dict(d or {}), "augmentation")
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -87,28 +92,8 @@ class Augment:
 
     def _geometric(self, x: torch.Tensor, g: torch.Generator | None) -> torch.Tensor:
         b, _, h, w = x.shape
-        one, zero = torch.ones(b, device=x.device), torch.zeros(b, device=x.device)
-        if self.mode == "affine":
-            angle = self._rand(b, x, g, -self.degrees, self.degrees) * (math.pi / 180)
-            shear = self._rand(b, x, g, -self.shear, self.shear) * (math.pi / 180)
-            zoom = self._rand(b, x, g, *self.scale)
-            tx = self._rand(b, x, g, -self.translate, self.translate) * 2
-            ty = self._rand(b, x, g, -self.translate, self.translate) * 2
-            cos, sin = torch.cos(angle), torch.sin(angle)
-            # grid = A @ out_coords: the inverse of rotate(angle) . shear . zoom.
-            a11, a12 = cos / zoom, (-sin + cos * torch.tan(shear)) / zoom
-            a21, a22 = sin / zoom, (cos + sin * torch.tan(shear)) / zoom
-        elif self.mode == "crop":
-            area = self._rand(b, x, g, *self.scale).clamp(max=1.0)
-            log_r = self._rand(b, x, g, math.log(self.ratio[0]), math.log(self.ratio[1]))
-            r = torch.exp(log_r)
-            cw = torch.sqrt(area * r).clamp(max=1.0)
-            ch = torch.sqrt(area / r).clamp(max=1.0)
-            tx = self._rand(b, x, g, -1, 1) * (1 - cw)
-            ty = self._rand(b, x, g, -1, 1) * (1 - ch)
-            a11, a12, a21, a22 = cw, zero, zero, ch
-        else:
-            a11, a12, a21, a22, tx, ty = one, zero, zero, one, zero, zero
+        one = torch.ones(b, device=x.device)
+        a11, a12, a21, a22, tx, ty = AUGMENT_MODES.create(self.mode)(self, x, g)
         if self.flip:
             sign = torch.where(self._rand(b, x, g) < 0.5, -one, one)
             a11, a21 = a11 * sign, a21 * sign
@@ -133,3 +118,43 @@ class Augment:
             s = self._rand(b, x, g, 1 - self.saturation, 1 + self.saturation).view(b, 1, 1, 1)
             x = (x - grey) * s + grey
         return x.clamp(0, 1)
+
+
+Matrix = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+def _affine(aug: Augment, x: torch.Tensor, g: torch.Generator | None) -> Matrix:
+    b = x.shape[0]
+    angle = aug._rand(b, x, g, -aug.degrees, aug.degrees) * (math.pi / 180)
+    shear = aug._rand(b, x, g, -aug.shear, aug.shear) * (math.pi / 180)
+    zoom = aug._rand(b, x, g, *aug.scale)
+    tx = aug._rand(b, x, g, -aug.translate, aug.translate) * 2
+    ty = aug._rand(b, x, g, -aug.translate, aug.translate) * 2
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    # grid = A @ out_coords: the inverse of rotate(angle) . shear . zoom.
+    a11, a12 = cos / zoom, (-sin + cos * torch.tan(shear)) / zoom
+    a21, a22 = sin / zoom, (cos + sin * torch.tan(shear)) / zoom
+    return a11, a12, a21, a22, tx, ty
+
+
+def _crop(aug: Augment, x: torch.Tensor, g: torch.Generator | None) -> Matrix:
+    b = x.shape[0]
+    zero = torch.zeros(b, device=x.device)
+    area = aug._rand(b, x, g, *aug.scale).clamp(max=1.0)
+    log_r = aug._rand(b, x, g, math.log(aug.ratio[0]), math.log(aug.ratio[1]))
+    r = torch.exp(log_r)
+    cw = torch.sqrt(area * r).clamp(max=1.0)
+    ch = torch.sqrt(area / r).clamp(max=1.0)
+    tx = aug._rand(b, x, g, -1, 1) * (1 - cw)
+    ty = aug._rand(b, x, g, -1, 1) * (1 - ch)
+    return cw, zero, zero, ch, tx, ty
+
+
+def _identity(aug: Augment, x: torch.Tensor, g: torch.Generator | None) -> Matrix:
+    one, zero = torch.ones(x.shape[0], device=x.device), torch.zeros(x.shape[0], device=x.device)
+    return one, zero, zero, one, zero, zero
+
+
+AUGMENT_MODES.register("affine", _affine, doc="random rotation, shear, scale and translation.")
+AUGMENT_MODES.register("crop", _crop, doc="random resized crop (scale = area fraction, ratio = aspect).")
+AUGMENT_MODES.register("none", _identity, doc="no geometric change (flip and elastic still apply).")

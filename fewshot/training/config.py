@@ -1,5 +1,5 @@
-"""Settings of a training run: :class:`TrainConfig`, recipes (shipped TOML files) and their
-placeholders, :class:`TrainResult`, and the checks that fail a bad setting in one line before any
+"""Settings of a training run: :class:`TrainConfig`, recipes (shipped TOML files),
+:class:`TrainResult`, and the checks that fail a bad setting in one line before any
 data is loaded (:func:`check_config`) or before any step is taken (:func:`check_data`)."""
 
 from __future__ import annotations
@@ -13,23 +13,36 @@ from pathlib import Path
 import torch
 
 from episodes import ImageSet
-from fewshot.errors import FewShotError, check_option_types, from_options
+from episodes.protocols import PROTOCOL_VAL, validation_settings
+from fewshot.errors import FewShotError
 from fewshot.models.encoders import ENCODERS
-from fewshot.models.losses import LOSSES, MINERS
+from fewshot.models.losses import DISTANCES, LOSSES, MINERS
+from fewshot.options import check_option_types, from_options
+from fewshot.registry import Registry
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
 
-__all__ = ["TrainConfig", "TrainResult", "load_recipe", "RECIPES", "OBJECTIVES", "fill_placeholders",
+__all__ = ["TrainConfig", "TrainResult", "load_recipe", "RECIPES", "OBJECTIVES", "OPTIMIZERS", "SAMPLERS",
            "check_config", "check_data", "world_size"]
 
 RECIPE_DIR = Path(__file__).resolve().parent.parent / "recipes"
-RECIPES = sorted(p.stem for p in RECIPE_DIR.glob("*.toml"))
-OBJECTIVES = ("metric", "protonet", "r2d2")
-OPTIMIZERS = ("sgd", "adamw", "adam")
-SAMPLERS = ("mperclass", "random")
+RECIPES = Registry("recipe", call=False, note="or give a .toml file")
+for _path in sorted(RECIPE_DIR.glob("*.toml")):  # documented by the first line of the file
+    RECIPES.register(_path.stem, _path, doc=_path.read_text().split("\n", 1)[0].lstrip("# "))
+OBJECTIVES = Registry("objective", call=False)
+OBJECTIVES.register("metric", doc="PML metric loss + miner + cross-entropy on M-per-class batches")
+OBJECTIVES.register("protonet", doc="ProtoNet on sampled episodes")
+OBJECTIVES.register("r2d2", doc="R2-D2 (ridge-regression head) on sampled episodes")
+OPTIMIZERS = Registry("optimizer", call=False)
+OPTIMIZERS.register("sgd", doc="SGD with Nesterov momentum (when momentum > 0)")
+OPTIMIZERS.register("adamw", doc="AdamW")
+OPTIMIZERS.register("adam", doc="Adam")
+SAMPLERS = Registry("sampler", call=False)
+SAMPLERS.register("mperclass", doc="PML MPerClassSampler: m images of each of batch/m classes")
+SAMPLERS.register("random", doc="plain random batches")
 
 
 @dataclass
@@ -101,7 +114,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
-        return from_options(cls, d, "training settings")
+        return from_options(cls, d, "training")
 
     @classmethod
     def resolve(cls, recipe: str | None = None, **overrides) -> TrainConfig:
@@ -111,6 +124,8 @@ class TrainConfig:
             base.update(load_recipe(recipe))
             base["recipe"] = recipe
             _drop_foreign_encoder_args(base, overrides.get("encoder"), recipe)
+        if PROTOCOL_VAL in (base.get("val"), overrides.get("val")):   # the data's benchmark val episodes
+            base = {**validation_settings(PROTOCOL_VAL, overrides.get("data")), **base}
         for key, value in overrides.items():
             if value is None:
                 continue
@@ -143,10 +158,7 @@ def load_recipe(name: str) -> dict:
     """A shipped recipe (``fewshot/recipes/<name>.toml``) or a TOML file path, as a flat dict."""
     path = Path(name)
     if not (path.suffix == ".toml" and path.exists()):
-        path = RECIPE_DIR / f"{name}.toml"
-        if not path.exists():
-            raise FewShotError(f"unknown recipe {name!r}; choose one of {', '.join(RECIPES)} "
-                               "or give a .toml file")
+        path = RECIPES.create(name)
     try:
         with open(path, "rb") as fh:
             recipe = tomllib.load(fh)
@@ -169,34 +181,14 @@ def _drop_foreign_encoder_args(recipe_dict: dict, encoder, recipe: str) -> None:
                   stacklevel=3)
 
 
-def fill_placeholders(spec: str, data_spec: str) -> str:
-    """A recipe's data spec with ``{data_path}`` (the first path of ``data_spec``) and ``{data_dir}``
-    (the folder holding it) filled in: how a recipe names validation data that sits beside, or
-    inside, the training data (``omniglot:{data_dir}/small2.zip``, ``miniimagenet:{data_path}?split=val``)."""
-    body = data_spec.split(":", 1)[1] if ":" in data_spec else data_spec
-    first = body.split("?", 1)[0].split("+", 1)[0]
-    path = os.path.abspath(first) if first else os.getcwd()
-    data_dir = os.path.dirname(path) if first else path
-    return spec.replace("{data_path}", path).replace("{data_dir}", data_dir)
-
-
 def check_config(cfg: TrainConfig, world: int | None = None) -> None:
     """Checks that need no data: names, positive sizes, batch divisibility. One-line FewShotError."""
     world = world_size() if world is None else world
-    if isinstance(cfg.encoder, str) and cfg.encoder.lower() not in ENCODERS:
-        raise FewShotError(f"unknown encoder {cfg.encoder!r}; choose one of {', '.join(ENCODERS)}")
-    if isinstance(cfg.loss, str) and cfg.loss.lower() not in LOSSES:
-        raise FewShotError(f"unknown loss {cfg.loss!r}; choose one of {', '.join(LOSSES)}")
-    if isinstance(cfg.miner, str) and cfg.miner.lower() not in MINERS:
-        raise FewShotError(f"unknown miner {cfg.miner!r}; choose one of {', '.join(MINERS)}")
-    if cfg.distance not in ("cosine", "euclidean"):
-        raise FewShotError(f"unknown distance {cfg.distance!r}; choose cosine or euclidean")
-    if cfg.optimizer not in OPTIMIZERS:
-        raise FewShotError(f"unknown optimizer {cfg.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
-    if cfg.objective not in OBJECTIVES:
-        raise FewShotError(f"unknown objective {cfg.objective!r}; choose one of {', '.join(OBJECTIVES)}")
-    if cfg.sampler not in SAMPLERS:
-        raise FewShotError(f"unknown sampler {cfg.sampler!r}; choose one of {', '.join(SAMPLERS)}")
+    for registry, name in ((ENCODERS, cfg.encoder), (LOSSES, cfg.loss), (MINERS, cfg.miner),
+                           (DISTANCES, cfg.distance), (OPTIMIZERS, cfg.optimizer),
+                           (OBJECTIVES, cfg.objective), (SAMPLERS, cfg.sampler)):
+        if isinstance(name, str):
+            registry.get(name)  # unknown names: one line listing the valid ones
     for name in ("batch_size", "m", "epochs", "val_every", "val_tta", "episode_way", "episode_shot",
                  "episode_query", "episodes_per_step", "steps_per_epoch"):
         if int(getattr(cfg, name)) < 1:

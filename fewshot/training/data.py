@@ -1,7 +1,7 @@
 """The image sets of a training run: loading them from a config, and shaping them for training.
 
 :func:`load_training_data` reads ``TrainConfig.data`` (its training split) and the validation set
-``TrainConfig.val`` names (a recipe's ``{data_dir}`` / ``{data_path}`` placeholders filled in),
+``TrainConfig.val`` names (``"protocol"``: the val set of the data's benchmark protocol),
 the way ``fewshot train`` and :func:`fewshot.training.trainer.train` both do. :func:`prepare_sets`
 applies the run's size and channels, holds out validation classes when there is no validation
 set, and adds the class augmentation (:mod:`fewshot.training.classes`).
@@ -15,9 +15,10 @@ from dataclasses import dataclass
 
 import episodes
 from episodes import ImageSet
+from episodes.protocols import training_split, validation_spec
 from fewshot.errors import FewShotError
 from fewshot.training.classes import mirror_classes, rotate_classes, synthetic_classes
-from fewshot.training.config import TrainConfig, fill_placeholders
+from fewshot.training.config import TrainConfig
 
 __all__ = ["TrainingSets", "load_training_data", "load_validation", "prepare_sets", "check_validation"]
 
@@ -27,7 +28,7 @@ def load_training_data(cfg: TrainConfig) -> ImageSet:
     is set to the split read (``base`` when the source has one)."""
     if not cfg.data:
         raise FewShotError("no training data: pass an ImageSet or set TrainConfig.data")
-    cfg.split = episodes.specs.training_split(cfg.data, cfg.split)
+    cfg.split = training_split(cfg.data, cfg.split)
     return episodes.load_data(cfg.data, cfg.split, image_size=cfg.image_size, channels=cfg.channels)
 
 
@@ -38,12 +39,13 @@ def load_validation(cfg: TrainConfig, data: ImageSet, *, split: str | None = Non
     A set the user named (``required``) that cannot be read is an error; a recipe's that cannot
     (e.g. its second Omniglot archive is not there) is a warning, and the run holds out base
     classes instead: ``cfg.val`` becomes None and the within-group setting is dropped where
-    ``data`` has no groups. On success ``cfg.val`` holds the spec with its placeholders filled.
+    ``data`` has no groups. On success ``cfg.val`` holds the spec read (for ``"protocol"``, the
+    protocol's val set with absolute paths).
     """
     if not cfg.val:
         return None
-    spec = fill_placeholders(cfg.val, cfg.data or "")
     try:
+        spec = validation_spec(cfg.val, cfg.data or "")
         val = episodes.load_data(spec, split, image_size=data.image_size, channels=data.channels)
     except episodes.DatasetError as exc:
         if required:

@@ -26,7 +26,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from episodes import EpisodeSpec, ImageSet, sample_episodes
-from fewshot.errors import FewShotError, from_options
+from fewshot.errors import FewShotError
+from fewshot.options import from_options
 from fewshot.training.config import TrainConfig
 from fewshot.training.objectives import Objective, derive_seed
 
@@ -96,7 +97,7 @@ class EpisodicConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> EpisodicConfig:
-        return from_options(cls, d, "episodic training options")
+        return from_options(cls, d, "episodic training")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from episodes import ImageSet
-from fewshot.models.losses import PROXY_LOSSES, build_loss, build_miner, distance_name, parse_loss_args
+from fewshot.models.losses import build_loss, build_miner, distance_name, is_proxy_loss
 
 __all__ = ["Objective", "MetricObjective", "MetricBatches", "build_objective", "derive_seed",
            "episode_accuracy"]
@@ -162,10 +162,10 @@ class MetricObjective(Objective):
         if cfg.w_metric > 0:
             self.loss = build_loss(loss if loss is not None else cfg.loss, distance=cfg.distance,
                                    num_classes=num_classes, embedding_dim=embedding_dim,
-                                   **parse_loss_args(cfg.loss_args))
+                                   **cfg.loss_args)
         else:  # pure cross-entropy ("Baseline"): no metric loss at all
             self.loss = torch.nn.Module()
-        is_proxy = loss is None and str(cfg.loss).lower() in PROXY_LOSSES
+        is_proxy = loss is None and is_proxy_loss(cfg.loss)
         self.miner = None
         if not is_proxy and cfg.w_metric > 0:
             self.miner = build_miner(miner if miner is not None else cfg.miner, distance=cfg.distance)
