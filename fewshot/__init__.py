@@ -12,7 +12,7 @@ The subpackages follow the data flow: ``episodes`` (images in, episodes out), th
 ``fewshot.evaluation``, ``fewshot.adaptation`` and ``fewshot.experiments`` (compare, ablate).
 """
 
-from episodes import load_data
+from episodes import EpisodeProtocol, load_data
 from fewshot.adaptation.adapt import adapt, update
 from fewshot.adaptation.classifier import FewShotClassifier, load_classifier
 from fewshot.errors import FewShotError
@@ -24,7 +24,13 @@ from fewshot.models.encoders import build_encoder
 from fewshot.training.config import TrainConfig, TrainResult
 from fewshot.training.trainer import train
 
-__all__ = ["FewShotError", "load_data", "build_encoder", "load_encoder", "TrainConfig", "TrainResult",
-           "train", "evaluate", "EvalResult", "get_head", "compare", "CompareConfig", "adapt", "update",
-           "FewShotClassifier", "load_classifier"]
+__all__ = [
+    "load_data", "EpisodeProtocol",                                   # data (from the episodes package)
+    "build_encoder", "load_encoder",                                  # models
+    "TrainConfig", "TrainResult", "train",                            # training
+    "get_head", "evaluate", "EvalResult",                             # heads and evaluation
+    "adapt", "update", "FewShotClassifier", "load_classifier",        # adaptation
+    "compare", "CompareConfig",                                       # experiments
+    "FewShotError",
+]
 __version__ = "0.1.0"
