@@ -30,7 +30,7 @@ from episodes.atomic import atomic_open
 from episodes.files import read_image_files
 from fewshot.adaptation.model_file import check_feature_size, check_payload
 from fewshot.errors import FewShotError
-from fewshot.evaluation.features import TRANSFORMS, transform
+from fewshot.evaluation.features import TRANSFORMS, embed_tensor, transform
 from fewshot.evaluation.inference import inference_model, prepare_input, threads
 from fewshot.evaluation.tta import TTA
 from fewshot.heads import HEADS, get_head
@@ -240,27 +240,15 @@ class FewShotClassifier(nn.Module):
         return feature_transform(z.flatten(1), self.transform, self.base_mean)
 
     def embed(self, images: torch.Tensor, batch_size: int = 256, progress: bool = False) -> torch.Tensor:
-        """:meth:`features` in batches, without gradients, on CPU: ``float32 [N, D]``; with the
-        classifier's test-time augmentation (``self.tta``) through
-        :func:`fewshot.evaluation.features.embed`."""
+        """:meth:`features` in batches, without gradients, on CPU: ``float32 [N, D]``, through the
+        toolkit's one embedding path (:func:`fewshot.evaluation.features.embed_tensor`) with the
+        classifier's test-time augmentation (``self.tta``) and its int8 encoder when it has one."""
         images = self.check_images(images)
-        if self.tta is not None and not self.tta.plain:
-            from fewshot.evaluation.features import embed_tensor
-
-            z = embed_tensor(self._int8 or self.encoder, images, self.preprocess, device=self._device(),
-                             batch_size=batch_size, progress=progress, tta=self.tta)
-            return feature_transform(z.flatten(1), self.transform, self.base_mean).float().cpu()
-        out = []
-        starts = range(0, images.shape[0], batch_size)
-        if progress and len(starts) > 1:
-            from fewshot.progress import progress as progress_bar
-            starts = progress_bar(starts, desc="embedding", unit="batch")
-        with torch.inference_mode():
-            for s in starts:
-                out.append(self.features(images[s:s + batch_size]).float().cpu())
-        if not out:
+        if images.shape[0] == 0:
             return torch.empty(0, 0)
-        return torch.cat(out)
+        z = embed_tensor(self._int8 or self.encoder, images, self.preprocess, device=self._device(),
+                         batch_size=batch_size, progress=progress, tta=self.tta)
+        return feature_transform(z.flatten(1), self.transform, self.base_mean).float().cpu()
 
     def logits(self, z: torch.Tensor) -> torch.Tensor:
         """The head's logits ``[N, K]`` of transformed embeddings ``z [N, D]``."""

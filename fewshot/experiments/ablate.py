@@ -237,7 +237,7 @@ def run_ablation(grid: Grid, out_dir: str | os.PathLike, *, progress: bool = Tru
     signature = _eval_signature(grid)
     if doc.get("eval") and doc["eval"] != signature:
         raise FewShotError("holds results scored on other episodes (way/query/episodes/seed/sets differ); "
-                           "use another --out folder", out / "results.json")
+                           "use another output folder", out / "results.json")
     doc["eval"] = signature
     doc["grid"] = grid.to_dict()
     if command:

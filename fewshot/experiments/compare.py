@@ -230,7 +230,7 @@ def compare(config: CompareConfig | None = None, *, progress: bool = True) -> Co
 
 
 def _validation_set(cfg: CompareConfig, recipe_val: str | None) -> DataRef | None:
-    """``--val``; else the recipe's validation set; else the val split of a source with splits
+    """``config.val``; else the recipe's validation set; else the val split of a source with splits
     when training on its base split; else None (base classes are held out)."""
     if cfg.val:
         return DataRef(cfg.val, cfg.val_split)

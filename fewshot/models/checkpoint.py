@@ -60,8 +60,8 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
 
 
 def check_finite_checkpoint(ckpt: dict, path: str | os.PathLike | None = None,
-                            consequence: str = "it cannot be used: train again (lower --lr) or use an "
-                                               "earlier checkpoint") -> None:
+                            consequence: str = "it cannot be used: train again (with a lower learning "
+                                               "rate) or use an earlier checkpoint") -> None:
     """Refuse a checkpoint whose weights, buffers or base mean hold NaN or inf, in one line: every
     figure computed from it would be silently wrong (features at chance, NaN probabilities)."""
     named = dict(ckpt["model"]) if isinstance(ckpt.get("model"), dict) else {}
