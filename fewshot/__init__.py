@@ -23,6 +23,7 @@ from fewshot.models.checkpoint import load_encoder
 from fewshot.models.encoders import build_encoder
 from fewshot.training.config import TrainConfig, TrainResult
 from fewshot.training.trainer import train
+from fewshot.version import __version__ as __version__
 
 __all__ = [
     "load_data", "EpisodeProtocol",                                   # data (from the episodes package)
@@ -33,4 +34,3 @@ __all__ = [
     "compare", "CompareConfig",                                       # experiments
     "FewShotError",
 ]
-__version__ = "0.1.0"

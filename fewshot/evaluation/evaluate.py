@@ -270,7 +270,7 @@ def versions() -> dict:
     import scipy
     import sklearn
 
-    from fewshot import __version__
+    from fewshot.version import __version__
 
     return {"fewshot": __version__, "python": platform.python_version(), "torch": torch.__version__,
             "numpy": np.__version__, "scipy": scipy.__version__, "scikit-learn": sklearn.__version__}

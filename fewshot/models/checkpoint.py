@@ -16,9 +16,9 @@ import torch
 
 from episodes.atomic import atomic_open
 from fewshot.errors import FewShotError
+from fewshot.finite import all_finite, nonfinite_names
 from fewshot.models.encoders import INIT_ONLY, build_encoder
 from fewshot.models.preprocess import Preprocess
-from fewshot.training.faults import all_finite, nonfinite_names
 
 __all__ = ["FORMAT", "save_checkpoint", "load_checkpoint", "load_encoder", "state_hash",
            "check_finite_checkpoint"]

@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import signal
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import torch
 
-__all__ = ["DeferredInterrupt", "StepSnapshot", "all_finite", "nonfinite_names", "save_interrupted"]
+from fewshot.models.checkpoint import save_checkpoint
+
+__all__ = ["DeferredInterrupt", "StepSnapshot", "save_interrupted"]
 
 
 class DeferredInterrupt:
@@ -86,36 +88,6 @@ class StepSnapshot:
                 b.copy_(s)
 
 
-def all_finite(tensors: list[torch.Tensor], *extra: torch.Tensor) -> torch.Tensor:
-    """A 0-dim bool tensor: every element of ``tensors`` (floating) and ``extra`` is finite.
-
-    The 2-norm of a tensor is inf / NaN when it holds one (it also overflows for elements beyond
-    ~1e19, weights no network survives); it is the fused, vectorised norm (``torch._foreach_norm``,
-    far cheaper than a max-abs pass per tensor). No host sync here: the caller decides when to read it.
-    """
-    floats = [t.detach() for t in tensors if t.is_floating_point() and t.numel()]
-    parts = [torch.stack(torch._foreach_norm(floats)).float()] if floats else []
-    parts += [e.detach().float().reshape(-1) for e in extra]
-    if not parts:
-        return torch.ones((), dtype=torch.bool)
-    devices = {p.device for p in parts}
-    if len(devices) > 1:
-        parts = [p.cpu() for p in parts]
-    return torch.isfinite(torch.cat([p.reshape(-1) for p in parts])).all()
-
-
-def nonfinite_names(named: Mapping[str, object]) -> list[str]:
-    """Names of the floating tensors in ``named`` (a state dict, possibly nested) that hold NaN or inf."""
-    out = []
-    for key, value in named.items():
-        if isinstance(value, torch.Tensor):
-            if value.is_floating_point() and not bool(torch.isfinite(value).all()):
-                out.append(str(key))
-        elif isinstance(value, Mapping):
-            out += [f"{key}.{k}" for k in nonfinite_names(value)]
-    return out
-
-
 def save_interrupted(cur: dict, snapshot: StepSnapshot, book: Callable, finite: Callable[[], bool],
                       make_state: Callable[[tuple], dict], last_path: Path, saved: tuple | None) -> str:
     """Save a consistent state after a KeyboardInterrupt, wherever in a step it landed; return a
@@ -141,6 +113,5 @@ def save_interrupted(cur: dict, snapshot: StepSnapshot, book: Callable, finite: 
         return f"interrupted; {last_path} holds this state (resume to continue)"
     if not finite():
         return "interrupted; not saved: the weights are non-finite (try a lower learning rate)"
-    from fewshot.models.checkpoint import save_checkpoint  # (checkpoint imports this module)
     save_checkpoint(last_path, make_state(at))
     return f"interrupted; state saved to {last_path} (epoch {at[0]}, step {at[1]}; resume to continue)"

@@ -13,7 +13,7 @@ answers four questions for :class:`fewshot.training.trainer.Trainer`:
 Two ship: :class:`MetricObjective` (a pytorch-metric-learning loss on mined tuples plus joint
 cross-entropy over M-per-class batches, the default) and
 :class:`fewshot.training.episodic.EpisodicObjective` (ProtoNet and R2-D2 on sampled episodes).
-:func:`build_objective` picks one from ``TrainConfig.objective``.
+:func:`fewshot.training.trainer.build_objective` picks one from ``TrainConfig.objective``.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from episodes import ImageSet
 from fewshot.models.losses import build_loss, build_miner, distance_name, is_proxy_loss
 
-__all__ = ["Objective", "MetricObjective", "MetricBatches", "build_objective", "derive_seed",
+__all__ = ["Objective", "MetricObjective", "MetricBatches", "derive_seed",
            "episode_accuracy"]
 
 
@@ -208,14 +208,3 @@ class MetricObjective(Objective):
             if p.requires_grad and p.grad is not None:
                 torch.distributed.all_reduce(p.grad)
                 p.grad /= world * world
-
-
-def build_objective(cfg, num_classes: int, embedding_dim: int, *, loss=None, miner=None,
-                    distributed: bool = False) -> Objective:
-    """The objective ``cfg.objective`` names: ``metric`` (default), ``protonet`` or ``r2d2``."""
-    if cfg.objective == "metric":
-        return MetricObjective(cfg, num_classes, embedding_dim, loss=loss, miner=miner,
-                               distributed=distributed)
-    from fewshot.training.episodic import EpisodicObjective
-
-    return EpisodicObjective(cfg)

@@ -32,20 +32,22 @@ from fewshot.device import pick_device
 from fewshot.errors import FewShotError
 from fewshot.evaluation.features import embed
 from fewshot.evaluation.tta import tta_from_config
+from fewshot.finite import all_finite, nonfinite_names
 from fewshot.models.checkpoint import load_checkpoint, save_checkpoint, state_hash
 from fewshot.models.encoders import INIT_ONLY, build_encoder, encoder_spec
 from fewshot.models.preprocess import Preprocess
 from fewshot.training.augment import Augment
 from fewshot.training.config import TrainConfig, TrainResult, check_data, world_size
 from fewshot.training.data import check_validation, load_training_data, load_validation, prepare_sets
-from fewshot.training.faults import DeferredInterrupt, StepSnapshot, all_finite, nonfinite_names
+from fewshot.training.episodic import EpisodicObjective
+from fewshot.training.faults import DeferredInterrupt, StepSnapshot
 from fewshot.training.faults import save_interrupted as save_interrupted_state
-from fewshot.training.objectives import Objective, build_objective, derive_seed
+from fewshot.training.objectives import MetricObjective, Objective, derive_seed
 from fewshot.training.runlock import RunLock
 from fewshot.training.runstate import commit_epoch, reconcile, resume_point, write_metrics
 from fewshot.training.validation import Validation
 
-__all__ = ["Trainer", "train"]
+__all__ = ["Trainer", "train", "build_objective"]
 
 
 def train(config: TrainConfig, data: ImageSet | None = None, val: ImageSet | None = None,
@@ -68,6 +70,15 @@ def train(config: TrainConfig, data: ImageSet | None = None, val: ImageSet | Non
         callbacks = [ProgressPrinter(), *callbacks]
     trainer = Trainer(config, loss=loss, miner=miner, encoder=encoder, callbacks=callbacks)
     return trainer.fit(data, val, out_dir)
+
+
+def build_objective(cfg, num_classes: int, embedding_dim: int, *, loss=None, miner=None,
+                    distributed: bool = False) -> Objective:
+    """The objective ``cfg.objective`` names: ``metric`` (default), ``protonet`` or ``r2d2``."""
+    if cfg.objective == "metric":
+        return MetricObjective(cfg, num_classes, embedding_dim, loss=loss, miner=miner,
+                               distributed=distributed)
+    return EpisodicObjective(cfg)
 
 
 class Trainer:
