@@ -21,7 +21,7 @@ import torch
 
 from fewshot.errors import FewShotError
 from fewshot.evaluation.features import TRANSFORMS
-from fewshot.heads.base import DISTANCES
+from fewshot.models.losses import DISTANCES
 
 __all__ = ["MAX_IMAGE_SIDE", "MAX_CALIBRATION", "check_payload", "check_feature_size"]
 

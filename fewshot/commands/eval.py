@@ -15,7 +15,7 @@ HELP = "score heads (proto, nn, ls, ls-mlp, logreg) on the same novel-class epis
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from fewshot.evaluation.evaluate import DEFAULT_HEADS
     from fewshot.evaluation.features import TRANSFORMS
-    from fewshot.heads.base import DISTANCES
+    from fewshot.models.losses import DISTANCES
 
     p.add_argument("--checkpoint", required=True, help="trained encoder checkpoint (runs/x/best.pt)")
     p.add_argument("--data", required=True,

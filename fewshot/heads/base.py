@@ -18,8 +18,7 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 
 from fewshot.errors import FewShotError
-
-DISTANCES = ("euclidean", "cosine")
+from fewshot.models.losses import DISTANCES
 
 
 @runtime_checkable
@@ -131,8 +130,10 @@ def check_query(query: torch.Tensor, dim: int, episodes: int) -> None:
 
 
 def check_distance(distance: str) -> str:
-    if distance not in DISTANCES:
-        raise FewShotError(f"unknown distance {distance!r}; valid: {', '.join(DISTANCES)}")
+    """A head scores with the distance the encoder was trained with: a name of the one distance
+    registry (:data:`fewshot.models.losses.DISTANCES`), checked with its error form."""
+    if not isinstance(distance, str) or distance not in DISTANCES:
+        DISTANCES.get(distance)  # raises the registry's one-line error listing the valid names
     return distance
 
 
