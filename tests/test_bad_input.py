@@ -259,6 +259,19 @@ def _set_pre(key, value):
     return edit
 
 
+def _tiny_images(fx, tmp):
+    """8x8 digits through Conv-4's four max-pools: refused before the first step."""
+    recipe = tmp / "novalidation.toml"
+    recipe.write_text("val_fraction = 0.0\nbatch_size = 32\nepochs = 1\n")
+    return ["train", "--data", "digits", "--recipe", str(recipe), "--out", str(tmp / "run"), "--quiet"], tmp / "run"
+
+
+def _glyph_split(fx, tmp):
+    """Three generated alphabets leave the val split empty."""
+    return ["episodes", "--data", "glyphs?alphabets=3", "--split", "val", "--out", str(tmp / "e.json")], \
+        tmp / "e.json"
+
+
 def _grid(fx, tmp):
     grid = tmp / "grid.toml"
     grid.write_text(f'name = "bad"\ndata = "folder:{fx["data"]}"\nsplit = ""\nseeds = [0]\n'
@@ -302,6 +315,8 @@ CASES = _output_cases() + [
     pytest.param(_model(lambda p: p.update(tta={"views": 4, "augment": {"mode": "warp"}})), None,
                  id="model-tta-unknown-mode"),
     pytest.param(_grid, None, id="ablation-grid-bad-head-option"),
+    pytest.param(_tiny_images, None, id="train-images-too-small-for-the-encoder"),
+    pytest.param(_glyph_split, None, id="glyphs-split-without-alphabets"),
 ]
 
 

@@ -206,6 +206,9 @@ def load_glyphs(split: str | None = None, *, size: int = 28, seed: int = 0, per_
         if num_alphabets != NUM_ALPHABETS:
             frac = {"base": (0, 2 / 3), "val": (2 / 3, 0.8), "novel": (0.8, 1.0)}[split]
             alphabets = range(round(frac[0] * num_alphabets), round(frac[1] * num_alphabets))
+            if len(alphabets) == 0:
+                raise DatasetError(f"glyphs: {num_alphabets} alphabets leave the {split} split without an "
+                                   "alphabet; use alphabets=5 or more")
     else:
         raise DatasetError(f"glyphs: unknown split {split!r}; use one of {', '.join(SPLITS)}")
     name = f"glyphs{'/' + split if split else ''}(seed={seed})"

@@ -21,7 +21,7 @@ from fewshot.errors import FewShotError
 from fewshot.registry import Registry
 
 __all__ = ["ENCODERS", "CLASSIFIERS", "Encoder", "Conv4", "ResNet12", "build_encoder", "typed_encoder_args",
-           "encoder_spec", "INIT_ONLY"]
+           "encoder_spec", "check_input_size", "INIT_ONLY"]
 
 ENCODERS = Registry("encoder", passthrough=nn.Module, ignore_case=True)
 CLASSIFIERS = Registry("classifier")  # base-class logits of the joint cross-entropy: (dim, classes) -> module
@@ -292,3 +292,21 @@ def encoder_spec(model: nn.Module) -> dict:
     model = getattr(model, "module", model)
     model = getattr(model, "_orig_mod", model)
     return dict(getattr(model, "spec", {}))
+
+
+def check_input_size(model: nn.Module, channels: int, size: tuple[int, int]) -> None:
+    """Refuse, in one line, images too small for the encoder (e.g. 8x8 digits through four
+    max-pools), before training starts instead of a traceback from inside the first step."""
+    x = torch.zeros(2, channels, *size)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(x)
+    except RuntimeError as exc:
+        cause = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        name = encoder_spec(model).get("name", type(model).__name__)
+        raise FewShotError(f"encoder {name} cannot take {channels}x{size[0]}x{size[1]} images ({cause}); "
+                           "use a larger image size (image_size, --image-size)") from None
+    finally:
+        model.train(was_training)

@@ -34,7 +34,7 @@ from fewshot.evaluation.features import embed
 from fewshot.evaluation.tta import tta_from_config
 from fewshot.finite import all_finite, nonfinite_names
 from fewshot.models.checkpoint import load_checkpoint, save_checkpoint, state_hash
-from fewshot.models.encoders import INIT_ONLY, build_encoder, encoder_spec
+from fewshot.models.encoders import INIT_ONLY, build_encoder, check_input_size, encoder_spec
 from fewshot.models.preprocess import Preprocess
 from fewshot.training.augment import Augment
 from fewshot.training.config import TrainConfig, TrainResult, check_data, world_size
@@ -154,6 +154,7 @@ class Trainer:
             **({"download": True} if cfg.download and enc is None and not cfg.resume
                and str(cfg.encoder).startswith("resnet") and cfg.encoder != "resnet12" else {}))
         self.spec = encoder_spec(self.model)
+        check_input_size(self.model, data.channels, tuple(data.image_size))
         # channels_last on every device: oneDNN's CPU convolutions prefer NHWC as cuDNN's do
         self.model = self.model.to(device).to(memory_format=torch.channels_last)
         if self.objective is None:
