@@ -263,7 +263,8 @@ def _tiny_images(fx, tmp):
     """8x8 digits through Conv-4's four max-pools: refused before the first step."""
     recipe = tmp / "novalidation.toml"
     recipe.write_text("val_fraction = 0.0\nbatch_size = 32\nepochs = 1\n")
-    return ["train", "--data", "digits", "--recipe", str(recipe), "--out", str(tmp / "run"), "--quiet"], tmp / "run"
+    argv = ["train", "--data", "digits", "--recipe", str(recipe), "--out", str(tmp / "run"), "--quiet"]
+    return argv, tmp / "run"
 
 
 def _glyph_split(fx, tmp):

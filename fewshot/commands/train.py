@@ -79,7 +79,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     v.add_argument("--val-within-group", action=argparse.BooleanOptionalAction, default=None)
     v.add_argument("--tensorboard", action=argparse.BooleanOptionalAction, default=None,
                    help="also write TensorBoard events to OUT/tensorboard (needs the tensorboard extra)")
-    v.add_argument("--quiet", action="store_true", help="no progress bars")
+    v.add_argument("--quiet", action="store_true",
+                   help="no progress bars nor data summaries (notes and errors still print)")
 
 
 def build_config(args: argparse.Namespace):
@@ -124,9 +125,10 @@ def run(args: argparse.Namespace) -> int:
     data = load_training_data(cfg)
     val = load_validation(cfg, data, split=args.val_split if args.val is not None else None,
                           required=args.val is not None)
-    print(f"fewshot train: {data.describe()}", file=sys.stderr)
-    if val is not None:
-        print(f"fewshot train: validation {val.describe()}", file=sys.stderr)
+    if not args.quiet:
+        print(f"fewshot train: {data.describe()}", file=sys.stderr)
+        if val is not None:
+            print(f"fewshot train: validation {val.describe()}", file=sys.stderr)
     title = run_title(cfg.encoder, data.name, val.name if val is not None else None)
     printer = ProgressPrinter(bars=not args.quiet, epochs=not args.quiet)  # notes (Ctrl-C) even if quiet
     with monitors(cfg.out, title=title, tensorboard=cfg.tensorboard, config=cfg.to_dict(),
