@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from fewshot.errors import FewShotError
 from fewshot.options import declared, parse_pairs, typed_options
+from fewshot.seeds import derive_seed
 from fewshot.training.augment import AUGMENT_MODES, Augment
 
 __all__ = ["TTA", "DRAWING_AUGMENT", "PHOTO_AUGMENT", "default_augment", "tta_from_config",
@@ -43,10 +44,6 @@ _PHOTOMETRIC = ("brightness", "contrast", "saturation")
 def default_augment(channels: int) -> dict:
     """The TTA augmentation of a data kind: photos (3 channels) flips + crops, drawings affine."""
     return dict(PHOTO_AUGMENT if int(channels) == 3 else DRAWING_AUGMENT)
-
-
-def _derive_seed(*parts: int) -> int:
-    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
 
 
 @dataclass
@@ -119,7 +116,7 @@ class TTA:
         if self.plain or b == 0:
             return x
         gen = torch.Generator(device=x.device)
-        gen.manual_seed(_derive_seed(self.seed, 3))
+        gen.manual_seed(derive_seed(self.seed, 3))
         stacked = x.reshape(1, b * c, h, w).expand(self.views - 1, -1, -1, -1)
         views = self._aug(stacked, gen).view(self.views - 1, b, c, h, w).transpose(0, 1)
         return torch.cat([x.unsqueeze(1), views], 1).reshape(b * self.views, c, h, w)

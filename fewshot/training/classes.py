@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from episodes import ImageSet
 from fewshot.errors import FewShotError
-from fewshot.training.objectives import derive_seed
+from fewshot.seeds import derive_seed
 
 __all__ = ["rotate_classes", "mirror_classes", "synthetic_classes"]
 

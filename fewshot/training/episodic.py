@@ -28,8 +28,9 @@ from torch import nn
 from episodes import EpisodeSpec, ImageSet, sample_episodes
 from fewshot.errors import FewShotError
 from fewshot.options import from_options
+from fewshot.seeds import derive_seed
 from fewshot.training.config import TrainConfig
-from fewshot.training.objectives import Objective, derive_seed
+from fewshot.training.objectives import Objective
 
 __all__ = ["EPISODIC_HEADS", "EpisodicConfig", "EpisodicHead", "EpisodicObjective", "EpisodeBatches"]
 

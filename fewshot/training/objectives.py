@@ -24,14 +24,10 @@ import torch.nn.functional as F
 
 from episodes import ImageSet
 from fewshot.models.losses import build_loss, build_miner, distance_name, is_proxy_loss
+from fewshot.seeds import derive_seed
 
-__all__ = ["Objective", "MetricObjective", "MetricBatches", "derive_seed",
+__all__ = ["Objective", "MetricObjective", "MetricBatches",
            "episode_accuracy"]
-
-
-def derive_seed(*parts: int) -> int:
-    """A 32-bit seed from a tuple of integers (``(seed, epoch, purpose)``): independent streams."""
-    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
 
 
 def episode_accuracy(features: torch.Tensor, episodes, distance: str = "cosine") -> torch.Tensor:

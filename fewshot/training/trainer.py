@@ -36,13 +36,14 @@ from fewshot.finite import all_finite, nonfinite_names
 from fewshot.models.checkpoint import load_checkpoint, save_checkpoint, state_hash
 from fewshot.models.encoders import INIT_ONLY, build_encoder, check_input_size, encoder_spec
 from fewshot.models.preprocess import Preprocess
+from fewshot.seeds import derive_seed
 from fewshot.training.augment import Augment
 from fewshot.training.config import TrainConfig, TrainResult, check_data, world_size
 from fewshot.training.data import check_validation, load_training_data, load_validation, prepare_sets
 from fewshot.training.episodic import EpisodicObjective
 from fewshot.training.faults import DeferredInterrupt, StepSnapshot
 from fewshot.training.faults import save_interrupted as save_interrupted_state
-from fewshot.training.objectives import MetricObjective, Objective, derive_seed
+from fewshot.training.objectives import MetricObjective, Objective
 from fewshot.training.runlock import RunLock
 from fewshot.training.runstate import commit_epoch, reconcile, resume_point, write_metrics
 from fewshot.training.validation import Validation
