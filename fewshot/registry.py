@@ -99,7 +99,9 @@ class Registry:
                      if all(e.meta.get(k) == v for k, v in meta.items()))
 
     def _key(self, name: str) -> str:
-        return str(name).strip().lower() if self.ignore_case else str(name).strip()
+        # exact names (case-folded only where the registry says so): a padded " cosine" is not
+        # "cosine", and would be recorded as given and compared as given downstream
+        return str(name).lower() if self.ignore_case else str(name)
 
     def __contains__(self, name: object) -> bool:
         return isinstance(name, str) and self._key(name) in self._entries
@@ -118,7 +120,7 @@ class Registry:
         key = self._key(name)
         if key not in self._entries:
             note = f" {self.note}" if self.note else ""
-            raise FewShotError(f"unknown {self.kind} {str(name).strip()!r}; choose one of "
+            raise FewShotError(f"unknown {self.kind} {str(name)!r}; choose one of "
                                f"{', '.join(self._entries)}{note}")
         return self._entries[key]
 

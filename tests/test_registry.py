@@ -198,3 +198,12 @@ def test_cli_names_and_options_fail_in_one_line(tmp_path, capsys, argv, words):
     code = main(["train", "--data", "digits", "--epochs", "1", "--quiet", "--out", str(out), *argv])
     err = capsys.readouterr().err.strip()
     assert code == 2 and words in err and "\n" not in err and not out.exists()
+
+
+def test_names_are_exact_a_padded_name_is_not_a_member():
+    """A padded name would be recorded and compared as given downstream (a checkpoint saying
+    " cosine" scores as euclidean), so membership and lookup are exact."""
+    assert "cosine" in DISTANCES and " cosine" not in DISTANCES and "cosine " not in DISTANCES
+    with pytest.raises(FewShotError, match="unknown distance ' cosine'; choose one of cosine, euclidean"):
+        DISTANCES.get(" cosine")
+    assert "Circle" in LOSSES and " circle" not in LOSSES  # case-folded where the registry says so
