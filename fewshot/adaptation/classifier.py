@@ -30,7 +30,7 @@ from episodes.atomic import atomic_open
 from episodes.files import read_image_files
 from fewshot.adaptation.model_file import check_feature_size, check_payload
 from fewshot.errors import FewShotError
-from fewshot.evaluation.features import TRANSFORMS, embed_tensor, transform
+from fewshot.evaluation.features import embed_tensor, transform
 from fewshot.evaluation.inference import inference_model, prepare_input, threads
 from fewshot.evaluation.tta import TTA
 from fewshot.heads import HEADS, get_head
@@ -41,7 +41,7 @@ from fewshot.heads.proto import FittedProto
 from fewshot.models.preprocess import Preprocess
 
 __all__ = ["FORMAT", "VERSION", "HEAD_KINDS", "FewShotClassifier", "Predictions", "load_classifier",
-           "feature_transform", "read_images", "head_kind", "head_for", "head_record", "head_from_record"]
+           "read_images", "head_kind", "head_for", "head_record", "head_from_record"]
 
 FORMAT = "fewshot-classifier"
 VERSION = 1
@@ -51,16 +51,6 @@ SMALL_BATCH = 16  # predictions on fewer images run single-threaded (see predict
 
 
 # ------------------------------------------------------------------ features
-def feature_transform(features: torch.Tensor, kind: str,
-                      base_mean: torch.Tensor | None = None) -> torch.Tensor:
-    """``none``, ``l2`` (unit length) or ``cl2n`` (subtract the base-class mean, then unit length):
-    :func:`fewshot.evaluation.features.transform`, so adaptation and evaluation agree."""
-    TRANSFORMS.get(kind)
-    if kind == "cl2n" and base_mean is None:
-        raise FewShotError("the cl2n transform needs the base-class mean, which this checkpoint lacks")
-    return transform(features, kind, base_mean=base_mean)
-
-
 # ------------------------------------------------------------------ heads
 def head_kind(fitted: Fitted) -> str:
     """``proto``, ``ls`` or ``nn``: the registry name of a fitted head a classifier can hold."""
@@ -237,7 +227,7 @@ class FewShotClassifier(nn.Module):
         else:  # the inference fast path (conv+BN folded, channels_last), shared with features.embed
             fast = inference_model(self.encoder, self._device())
             z = fast(prepare_input(self.preprocess, images, channels_last=fast.channels_last))
-        return feature_transform(z.flatten(1), self.transform, self.base_mean)
+        return transform(z.flatten(1), self.transform, base_mean=self.base_mean)
 
     def embed(self, images: torch.Tensor, batch_size: int = 256, progress: bool = False) -> torch.Tensor:
         """:meth:`features` in batches, without gradients, on CPU: ``float32 [N, D]``, through the
@@ -248,7 +238,7 @@ class FewShotClassifier(nn.Module):
             return torch.empty(0, 0)
         z = embed_tensor(self._int8 or self.encoder, images, self.preprocess, device=self._device(),
                          batch_size=batch_size, progress=progress, tta=self.tta)
-        return feature_transform(z.flatten(1), self.transform, self.base_mean).float().cpu()
+        return transform(z.flatten(1), self.transform, base_mean=self.base_mean).float().cpu()
 
     def logits(self, z: torch.Tensor) -> torch.Tensor:
         """The head's logits ``[N, K]`` of transformed embeddings ``z [N, D]``."""

@@ -8,9 +8,10 @@ import sys
 import warnings
 
 from episodes.atomic import ensure_writable_file
-from fewshot.adaptation.classifier import HEAD_KINDS, TRANSFORMS
+from fewshot.adaptation.classifier import HEAD_KINDS
 from fewshot.commands.argtypes import add_tta_arguments
 from fewshot.errors import FewShotError
+from fewshot.evaluation.features import TRANSFORMS
 
 HELP = "fit a few-shot classifier on a folder of new classes (<class>/<images>) and save it as one file"
 
