@@ -33,6 +33,7 @@ from PIL import Image
 from pytorch_metric_learning.samplers import MPerClassSampler
 
 import episodes
+from fewshot.device import PRECISIONS, autocast_dtype
 from fewshot.models.encoders import build_encoder
 from fewshot.models.losses import build_loss, build_miner
 from fewshot.models.preprocess import Preprocess
@@ -114,6 +115,8 @@ def main() -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--compile", action="store_true")
+    p.add_argument("--precision", choices=PRECISIONS, default="auto",
+                   help="auto: bf16 autocast on CUDA, fp32 on CPU (as fewshot train)")
     p.add_argument("--recipe", default=None,
                    help="take encoder, options, size, batch and augmentation from it")
     p.add_argument("--folder", default=None, help="class folders of the same images, for the usual way")
@@ -127,7 +130,7 @@ def main() -> None:
         torch.set_num_threads(a.threads)
     device = torch.device("cuda" if a.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if a.device == "auto" else a.device))
-    amp = device.type == "cuda"
+    amp = autocast_dtype(a.precision, device) is not None
     data = episodes.load_data(a.data, a.split, image_size=a.image_size, channels=a.channels)
     print(f"data: {data.describe()}; encoder {a.encoder}; batch {a.batch_size}; device {device}"
           f"{' bf16' if amp else ' fp32'}; torch threads {torch.get_num_threads()}")

@@ -8,7 +8,11 @@ import torch
 
 from fewshot.errors import FewShotError
 
-__all__ = ["pick_device"]
+__all__ = ["PRECISIONS", "autocast_dtype", "cpu_has_fast_bf16", "pick_device"]
+
+#: training precisions: ``auto`` = bf16 autocast on CUDA, fp32 elsewhere; ``bf16`` = bf16 autocast on
+#: any device (on a CPU with AMX or AVX512-BF16 a Conv-4 step runs ~2x faster); ``fp32`` = none.
+PRECISIONS = ("auto", "fp32", "bf16")
 
 
 def _mps_available() -> bool:
@@ -40,3 +44,27 @@ def pick_device(device: str | torch.device | None = None, local_rank: int | None
     if dev.type == "mps" and not _mps_available():
         raise FewShotError(f"device {device!r} asked for, but Apple MPS is not available")
     return dev
+
+
+def cpu_has_fast_bf16() -> bool:
+    """Whether this CPU runs bf16 matrix products natively (AMX tiles or AVX512-BF16 via oneDNN).
+
+    Without them bf16 autocast on the CPU is emulated and slower than fp32."""
+    cpu = getattr(torch, "cpu", None)
+    checks = [getattr(cpu, name, None) for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported")]
+    return any(bool(check()) for check in checks if callable(check))
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of a training step on ``device`` for ``precision`` (None: plain fp32).
+
+    Weights, optimizer state, the loss and the evaluation stay fp32; only the encoder's forward
+    pass (and so its backward) runs in bf16 where autocast allows (convolutions, matrix products).
+    """
+    if precision not in PRECISIONS:
+        raise FewShotError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision == "fp32" or (precision == "auto" and device.type != "cuda"):
+        return None
+    if device.type not in ("cuda", "cpu"):
+        raise FewShotError(f"precision bf16 runs on cuda or cpu, not {device.type}")
+    return torch.bfloat16

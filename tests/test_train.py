@@ -344,3 +344,53 @@ def test_one_device_picker():
     assert pick_device("cpu") == pick_device(torch.device("cpu")) == torch.device("cpu")
     with pytest.raises(FewShotError, match="unknown device 'gpu0'"):
         pick_device("gpu0")
+
+
+def test_precision_bf16_autocasts_the_step_on_cpu_and_keeps_fp32_weights(tmp_path):
+    from fewshot.device import autocast_dtype
+    cpu = torch.device("cpu")
+    assert autocast_dtype("auto", cpu) is None and autocast_dtype("fp32", cpu) is None
+    assert autocast_dtype("bf16", cpu) == torch.bfloat16
+    assert autocast_dtype("auto", torch.device("cuda")) == torch.bfloat16
+    with pytest.raises(FewShotError, match="precision must be one of auto, fp32, bf16, got 'fp16'"):
+        autocast_dtype("fp16", cpu)
+
+    data, val = digits_set().split_classes(0.3, seed=0)
+    seen = []
+
+    def spy(module, args, output):
+        if isinstance(output, torch.Tensor) and not isinstance(output, torch.fx.Proxy):
+            seen.append(output.dtype)
+
+    from fewshot.models.encoders import Encoder
+    original = Encoder.__init__
+
+    def hooked(self, *a, **k):
+        original(self, *a, **k)
+        self.backbone.register_forward_hook(spy)
+
+    Encoder.__init__ = hooked
+    try:
+        bf = train(_cfg(epochs=1, precision="bf16"), data, val, tmp_path / "bf", progress=False)
+        seen_bf = set(seen)
+        seen.clear()
+        fp = train(_cfg(epochs=1), data, val, tmp_path / "fp", progress=False)
+    finally:
+        Encoder.__init__ = original
+    assert torch.bfloat16 in seen_bf and set(seen) == {torch.float32}  # fp32 stays the CPU default
+    w_bf, w_fp = _weights(bf.last_path), _weights(fp.last_path)
+    assert all(v.dtype == w_fp[k].dtype for k, v in w_bf.items())  # weights stay fp32
+    assert all(torch.isfinite(v.float()).all() for v in w_bf.values())
+    assert any(not torch.equal(v, w_fp[k]) for k, v in w_bf.items() if v.is_floating_point())
+    assert load_checkpoint(bf.last_path)["config"]["precision"] == "bf16"
+    again = train(_cfg(epochs=1, precision="bf16"), data, val, tmp_path / "bf2", progress=False)
+    assert all(torch.equal(v, _weights(again.last_path)[k]) for k, v in w_bf.items())  # same seed, same weights
+
+
+def test_bad_precision_is_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit):  # the CLI's choices
+        main(["train", "--data", "digits", "--precision", "fp16", "--out", str(tmp_path / "x")])
+    assert "invalid choice: 'fp16'" in capsys.readouterr().err
+    # recipes and the Python API: the config check, before any data is read
+    with pytest.raises(FewShotError, match="precision must be one of auto, fp32, bf16, got 'half'"):
+        train(_cfg(precision="half"), digits_set(), None, tmp_path / "y", progress=False)

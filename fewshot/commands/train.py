@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from episodes.atomic import ensure_writable_dir
+from fewshot.device import PRECISIONS
 from fewshot.errors import FewShotError
 from fewshot.models.encoders import ENCODERS, typed_encoder_args
 from fewshot.models.losses import DISTANCES, LOSSES, MINERS
@@ -68,6 +69,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     t.add_argument("--seed", type=int, default=None)
     t.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:N")
     t.add_argument("--compile", action="store_true", default=None, help="torch.compile the encoder")
+    t.add_argument("--precision", choices=PRECISIONS, default=None,
+                   help="auto (default: bf16 autocast on CUDA, fp32 on CPU), fp32, or bf16 on any device "
+                        "(on a CPU with AMX / AVX512-BF16 about 2x the images per second of fp32)")
     t.add_argument("--resume", nargs="?", const="auto", default=None, metavar="CHECKPOINT",
                    help="continue from OUT/last.pt (or the given checkpoint)")
     t.add_argument("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads)")
@@ -96,7 +100,7 @@ def build_config(args: argparse.Namespace):
         "mirror_classes": args.mirror_classes, "optimizer": args.optimizer,
         "lr": args.lr, "weight_decay": args.weight_decay, "epochs": args.epochs,
         "warmup_epochs": args.warmup_epochs, "seed": args.seed, "device": args.device,
-        "compile": args.compile, "resume": args.resume, "val_every": args.val_every,
+        "compile": args.compile, "precision": args.precision, "resume": args.resume, "val_every": args.val_every,
         "val_episodes": args.val_episodes, "val_way": args.val_way, "val_shots": args.val_shots,
         "val_within_group": args.val_within_group, "tensorboard": args.tensorboard,
         "loss_args": parse_pairs(args.loss_arg, "--loss-arg") if args.loss_arg else None,

@@ -14,6 +14,7 @@ import torch
 
 from episodes import ImageSet
 from episodes.protocols import PROTOCOL_VAL, validation_settings
+from fewshot.device import PRECISIONS
 from fewshot.errors import FewShotError
 from fewshot.models.encoders import ENCODERS
 from fewshot.models.losses import DISTANCES, LOSSES, MINERS
@@ -97,6 +98,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     compile: bool = False
+    precision: str = "auto"
     resume: str | None = None
     # validation
     val_every: int = 1
@@ -194,6 +196,8 @@ def check_config(cfg: TrainConfig, world: int | None = None) -> None:
         if int(getattr(cfg, name)) < 1:
             raise FewShotError(f"{name.replace('_', '-')} must be a positive integer, "
                                f"got {getattr(cfg, name)}")
+    if cfg.precision not in PRECISIONS:
+        raise FewShotError(f"precision must be one of {', '.join(PRECISIONS)}, got {cfg.precision!r}")
     if int(cfg.seed) < 0:
         raise FewShotError(f"seed must be a non-negative integer, got {cfg.seed}")
     if int(cfg.val_tta_every) < 0:

@@ -28,7 +28,7 @@ import torch
 
 from episodes import ImageSet
 from episodes.atomic import atomic_write_text
-from fewshot.device import pick_device
+from fewshot.device import autocast_dtype, cpu_has_fast_bf16, pick_device
 from fewshot.errors import FewShotError
 from fewshot.evaluation.features import embed
 from fewshot.evaluation.tta import tta_from_config
@@ -140,6 +140,10 @@ class Trainer:
         check_data(cfg, sets.data, self.world)
         check_validation(cfg, sets)
         torch.manual_seed(cfg.seed)
+        self.amp = autocast_dtype(cfg.precision, device)
+        if self.amp is not None and device.type == "cpu" and not cpu_has_fast_bf16():
+            self.emit("on_message", "note: precision bf16 on a CPU without AMX or AVX512-BF16 is emulated "
+                                    "and slower than fp32 (use --precision fp32)")
         if device.type == "cuda":
             torch.backends.cudnn.benchmark = True
             torch.backends.cuda.matmul.allow_tf32 = True
@@ -320,7 +324,7 @@ class Trainer:
         x = self.images[idx.to(self.images.device)].to(device, non_blocking=True)
         x = self.preprocess.normalize(self.augment(self.preprocess.to_unit(x), self.gen))
         x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        with torch.autocast(device.type, dtype=self.amp or torch.bfloat16, enabled=self.amp is not None):
             emb, logits = self.run_model(x)
         loss, parts, correct, scored = obj(emb.float(), logits.float(), target)
         self.optimizer.zero_grad(set_to_none=True)
