@@ -10,9 +10,10 @@ from fewshot.errors import FewShotError
 
 __all__ = ["PRECISIONS", "autocast_dtype", "cpu_has_fast_bf16", "pick_device"]
 
-#: training precisions: ``auto`` = bf16 autocast on CUDA, fp32 elsewhere; ``bf16`` = bf16 autocast on
-#: any device (on a CPU with AMX or AVX512-BF16 a Conv-4 step runs ~2x faster); ``fp32`` = none.
-PRECISIONS = ("auto", "fp32", "bf16")
+#: training precisions: ``auto`` = bf16 autocast on CUDA, fp32 elsewhere; ``fast`` = bf16 wherever the
+#: hardware runs it natively (CUDA, a CPU with AMX or AVX512-BF16: there a Conv-4 step runs ~2x
+#: faster), fp32 elsewhere; ``bf16`` = bf16 autocast on any device; ``fp32`` = none.
+PRECISIONS = ("auto", "fast", "fp32", "bf16")
 
 
 def _mps_available() -> bool:
@@ -64,6 +65,8 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     if precision not in PRECISIONS:
         raise FewShotError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if precision == "fp32" or (precision == "auto" and device.type != "cuda"):
+        return None
+    if precision == "fast" and not (device.type == "cuda" or (device.type == "cpu" and cpu_has_fast_bf16())):
         return None
     if device.type not in ("cuda", "cpu"):
         raise FewShotError(f"precision bf16 runs on cuda or cpu, not {device.type}")

@@ -347,12 +347,14 @@ def test_one_device_picker():
 
 
 def test_precision_bf16_autocasts_the_step_on_cpu_and_keeps_fp32_weights(tmp_path):
-    from fewshot.device import autocast_dtype
+    from fewshot.device import autocast_dtype, cpu_has_fast_bf16
     cpu = torch.device("cpu")
     assert autocast_dtype("auto", cpu) is None and autocast_dtype("fp32", cpu) is None
     assert autocast_dtype("bf16", cpu) == torch.bfloat16
     assert autocast_dtype("auto", torch.device("cuda")) == torch.bfloat16
-    with pytest.raises(FewShotError, match="precision must be one of auto, fp32, bf16, got 'fp16'"):
+    assert autocast_dtype("fast", torch.device("cuda")) == torch.bfloat16
+    assert autocast_dtype("fast", cpu) == (torch.bfloat16 if cpu_has_fast_bf16() else None)
+    with pytest.raises(FewShotError, match="precision must be one of auto, fast, fp32, bf16, got 'fp16'"):
         autocast_dtype("fp16", cpu)
 
     data, val = digits_set().split_classes(0.3, seed=0)
@@ -392,5 +394,5 @@ def test_bad_precision_is_one_line(tmp_path, capsys):
         main(["train", "--data", "digits", "--precision", "fp16", "--out", str(tmp_path / "x")])
     assert "invalid choice: 'fp16'" in capsys.readouterr().err
     # recipes and the Python API: the config check, before any data is read
-    with pytest.raises(FewShotError, match="precision must be one of auto, fp32, bf16, got 'half'"):
+    with pytest.raises(FewShotError, match="precision must be one of auto, fast, fp32, bf16, got 'half'"):
         train(_cfg(precision="half"), digits_set(), None, tmp_path / "y", progress=False)

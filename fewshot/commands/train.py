@@ -70,8 +70,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     t.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:N")
     t.add_argument("--compile", action="store_true", default=None, help="torch.compile the encoder")
     t.add_argument("--precision", choices=PRECISIONS, default=None,
-                   help="auto (default: bf16 autocast on CUDA, fp32 on CPU), fp32, or bf16 on any device "
-                        "(on a CPU with AMX / AVX512-BF16 about 2x the images per second of fp32)")
+                   help="auto (default: bf16 autocast on CUDA, fp32 on CPU); fast: bf16 also on a CPU with "
+                        "AMX / AVX512-BF16 (about 2x the images per second of fp32 there), fp32 elsewhere; "
+                        "fp32; bf16 on any device")
     t.add_argument("--resume", nargs="?", const="auto", default=None, metavar="CHECKPOINT",
                    help="continue from OUT/last.pt (or the given checkpoint)")
     t.add_argument("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads)")
