@@ -53,6 +53,7 @@ def test_conv4_recipe_trains_one_short_epoch_and_evaluates(mini_root, tmp_path, 
     assert ckpt["encoder"]["name"] == "conv4" and ckpt["encoder"]["kwargs"]["width"] == [32, 64, 128, 256]
     # trained at the recipe's 56x56; the eval below reads the 84x84 photos, resized by the checkpoint
     assert ckpt["preprocess"]["image_size"] == [56, 56] and ckpt["preprocess"]["channels"] == 3
+    assert ckpt["config"]["precision"] == "fast"  # bf16 where the CPU runs it natively, else fp32
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 1 and 0.0 <= rows[0]["val_5w1s"] <= 1.0 and np.isfinite(rows[0]["loss"])
 
