@@ -27,7 +27,8 @@ def main() -> None:
     p.add_argument("--recipe", default="miniimagenet-conv4")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--warmup", type=int, default=4)
-    p.add_argument("--repeat", type=int, default=3, help="alternate fp32 / bf16 this many times, keep the best")
+    p.add_argument("--repeat", type=int, default=3,
+                   help="alternate fp32 / bf16 this many times, keep the best")
     p.add_argument("--channels", type=int, default=3, help="3 for photos, 1 for drawings")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None)
@@ -37,8 +38,8 @@ def main() -> None:
     recipe = load_recipe(a.recipe)
     device = pick_device(a.device)
     size, b, channels = int(recipe.get("image_size", 84)), int(recipe.get("batch_size", 64)), a.channels
-    print(f"recipe {a.recipe}: {recipe.get('encoder')} {recipe.get('encoder_args', {})}, {channels}x{size}x{size}, "
-          f"batch {b}; device {device}; torch threads {torch.get_num_threads()}"
+    print(f"recipe {a.recipe}: {recipe.get('encoder')} {recipe.get('encoder_args', {})}, "
+          f"{channels}x{size}x{size}, batch {b}; device {device}; torch threads {torch.get_num_threads()}"
           + (f"; CPU has AMX/AVX512-BF16: {cpu_has_fast_bf16()}" if device.type == "cpu" else ""))
     g = torch.Generator().manual_seed(0)
     x = torch.randn(b, channels, size, size, generator=g).to(device)
@@ -51,7 +52,8 @@ def main() -> None:
                                   image_size=size, **recipe.get("encoder_args", {}))
             model = model.to(device).to(memory_format=torch.channels_last)
             step = make_step(model, device, amp=name == "bf16")
-            rates[name] = max(rates[name], timed(lambda: step(x, y), a.steps, a.warmup, device, b))
+            rate = timed(lambda step=step: step(x, y), a.steps, a.warmup, device, b)
+            rates[name] = max(rates[name], rate)
     print(f"fp32 step:           {rates['fp32']:8.0f} img/s")
     print(f"bf16 autocast step:  {rates['bf16']:8.0f} img/s")
     print(f"ratio bf16 / fp32: {rates['bf16'] / rates['fp32']:.2f}x")

@@ -386,7 +386,8 @@ def test_precision_bf16_autocasts_the_step_on_cpu_and_keeps_fp32_weights(tmp_pat
     assert any(not torch.equal(v, w_fp[k]) for k, v in w_bf.items() if v.is_floating_point())
     assert load_checkpoint(bf.last_path)["config"]["precision"] == "bf16"
     again = train(_cfg(epochs=1, precision="bf16"), data, val, tmp_path / "bf2", progress=False)
-    assert all(torch.equal(v, _weights(again.last_path)[k]) for k, v in w_bf.items())  # same seed, same weights
+    w_again = _weights(again.last_path)
+    assert all(torch.equal(v, w_again[k]) for k, v in w_bf.items())  # same seed, same weights
 
 
 def test_bad_precision_is_one_line(tmp_path, capsys):
