@@ -8,7 +8,8 @@ import torch
 
 from fewshot.errors import FewShotError
 
-__all__ = ["PRECISIONS", "autocast_dtype", "cpu_has_fast_bf16", "pick_device"]
+__all__ = ["PRECISIONS", "autocast_dtype", "check_precision", "cpu_has_fast_bf16", "native_bf16",
+           "pick_device"]
 
 #: training precisions: ``auto`` = bf16 autocast on CUDA, fp32 elsewhere; ``fast`` = bf16 wherever the
 #: hardware runs it natively (CUDA, a CPU with AMX or AVX512-BF16: there a Conv-4 step runs ~2x
@@ -56,17 +57,28 @@ def cpu_has_fast_bf16() -> bool:
     return any(bool(check()) for check in checks if callable(check))
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` runs bf16 natively: CUDA, or a CPU with AMX / AVX512-BF16."""
+    return device.type == "cuda" or (device.type == "cpu" and cpu_has_fast_bf16())
+
+
+def check_precision(precision: str) -> str:
+    """``precision`` if it is one of :data:`PRECISIONS`, else a one-line :class:`FewShotError`."""
+    if precision not in PRECISIONS:
+        raise FewShotError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    return precision
+
+
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype of a training step on ``device`` for ``precision`` (None: plain fp32).
 
     Weights, optimizer state, the loss and the evaluation stay fp32; only the encoder's forward
     pass (and so its backward) runs in bf16 where autocast allows (convolutions, matrix products).
     """
-    if precision not in PRECISIONS:
-        raise FewShotError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    check_precision(precision)
     if precision == "fp32" or (precision == "auto" and device.type != "cuda"):
         return None
-    if precision == "fast" and not (device.type == "cuda" or (device.type == "cpu" and cpu_has_fast_bf16())):
+    if precision == "fast" and not native_bf16(device):
         return None
     if device.type not in ("cuda", "cpu"):
         raise FewShotError(f"precision bf16 runs on cuda or cpu, not {device.type}")

@@ -346,7 +346,7 @@ def test_one_device_picker():
         pick_device("gpu0")
 
 
-def test_precision_bf16_autocasts_the_step_on_cpu_and_keeps_fp32_weights(tmp_path):
+def test_precision_bf16_autocasts_the_step_on_cpu_and_keeps_fp32_weights(tmp_path, monkeypatch):
     from fewshot.device import autocast_dtype, cpu_has_fast_bf16
     cpu = torch.device("cpu")
     assert autocast_dtype("auto", cpu) is None and autocast_dtype("fp32", cpu) is None
@@ -371,14 +371,12 @@ def test_precision_bf16_autocasts_the_step_on_cpu_and_keeps_fp32_weights(tmp_pat
         original(self, *a, **k)
         self.backbone.register_forward_hook(spy)
 
-    Encoder.__init__ = hooked
-    try:
-        bf = train(_cfg(epochs=1, precision="bf16"), data, val, tmp_path / "bf", progress=False)
-        seen_bf = set(seen)
-        seen.clear()
-        fp = train(_cfg(epochs=1), data, val, tmp_path / "fp", progress=False)
-    finally:
-        Encoder.__init__ = original
+    monkeypatch.setattr(Encoder, "__init__", hooked)
+    bf = train(_cfg(epochs=1, precision="bf16"), data, val, tmp_path / "bf", progress=False)
+    seen_bf = set(seen)
+    seen.clear()
+    fp = train(_cfg(epochs=1), data, val, tmp_path / "fp", progress=False)
+    monkeypatch.undo()
     assert torch.bfloat16 in seen_bf and set(seen) == {torch.float32}  # fp32 stays the CPU default
     w_bf, w_fp = _weights(bf.last_path), _weights(fp.last_path)
     assert all(v.dtype == w_fp[k].dtype for k, v in w_bf.items())  # weights stay fp32

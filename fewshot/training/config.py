@@ -14,7 +14,7 @@ import torch
 
 from episodes import ImageSet
 from episodes.protocols import PROTOCOL_VAL, validation_settings
-from fewshot.device import PRECISIONS
+from fewshot.device import check_precision
 from fewshot.errors import FewShotError
 from fewshot.models.encoders import ENCODERS
 from fewshot.models.losses import DISTANCES, LOSSES, MINERS
@@ -196,8 +196,7 @@ def check_config(cfg: TrainConfig, world: int | None = None) -> None:
         if int(getattr(cfg, name)) < 1:
             raise FewShotError(f"{name.replace('_', '-')} must be a positive integer, "
                                f"got {getattr(cfg, name)}")
-    if cfg.precision not in PRECISIONS:
-        raise FewShotError(f"precision must be one of {', '.join(PRECISIONS)}, got {cfg.precision!r}")
+    check_precision(cfg.precision)
     if int(cfg.seed) < 0:
         raise FewShotError(f"seed must be a non-negative integer, got {cfg.seed}")
     if int(cfg.val_tta_every) < 0:

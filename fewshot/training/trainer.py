@@ -28,7 +28,7 @@ import torch
 
 from episodes import ImageSet
 from episodes.atomic import atomic_write_text
-from fewshot.device import autocast_dtype, cpu_has_fast_bf16, pick_device
+from fewshot.device import autocast_dtype, native_bf16, pick_device
 from fewshot.errors import FewShotError
 from fewshot.evaluation.features import embed
 from fewshot.evaluation.tta import tta_from_config
@@ -141,7 +141,7 @@ class Trainer:
         check_validation(cfg, sets)
         torch.manual_seed(cfg.seed)
         self.amp = autocast_dtype(cfg.precision, device)
-        if self.amp is not None and device.type == "cpu" and not cpu_has_fast_bf16():
+        if self.amp is not None and not native_bf16(device):
             self.emit("on_message", "note: precision bf16 on a CPU without AMX or AVX512-BF16 is emulated "
                                     "and slower than fp32 (use --precision fp32)")
         if device.type == "cuda":
