@@ -59,11 +59,13 @@ def test_conv4_recipe_trains_one_short_epoch_and_evaluates(mini_root, tmp_path, 
 
     out = tmp_path / "eval"
     rc = main(["eval", "--checkpoint", str(run / "best.pt"), "--data", val, "--way", "5", "--shot", "1,5",
-               "--episodes", "30", "--heads", "proto,ls", "--out", str(out), "--quiet"])
+               "--episodes", "30", "--heads", "proto,ls,proto-dc", "--out", str(out), "--quiet"])
     assert rc == 0, capsys.readouterr().err
     doc = json.loads((out / "results.json").read_text())
-    text = json.dumps(doc)
-    assert "proto" in text and "ls" in text
+    assert {r["head"] for r in doc["results"]} == {"proto", "ls", "proto-dc"}
+    assert all(0.0 <= r["accuracy"] <= 1.0 for r in doc["results"])
+    # proto-dc calibrates toward the 64 base-class means the run recorded (56x56 training photos)
+    assert ckpt["base_class_means"]["l2"].shape == (64, 2304)
 
 
 def test_recipe_encoder_options_follow_their_encoder():

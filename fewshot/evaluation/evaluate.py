@@ -368,6 +368,8 @@ def evaluate(checkpoint: str | os.PathLike | tuple[torch.nn.Module, dict], data:
     feats = apply_transform(feats, kind, None if base_mean is None else torch.as_tensor(base_mean).cpu())
     check_finite(feats, data.name or None)
 
+    bind_base_means(head_objs, info, kind)
+
     accuracy: dict[tuple[str, int], np.ndarray] = {}
     for eps in ep_sets:
         shot = int(eps.support.shape[2])
@@ -401,6 +403,28 @@ def evaluate(checkpoint: str | os.PathLike | tuple[torch.nn.Module, dict], data:
             (e.seed for e in ep_sets if e.seed is not None), 0)    # manifests: the seed they were drawn with
         result.tsne = tsne_embedding(feats, data, seed)
     return result
+
+
+def bind_base_means(heads: Sequence[Head], info: dict, transform: str) -> None:
+    """Hand the checkpoint's base-class means (under the features' ``transform``) to every head
+    that calibrates toward them (``with_base_means``, e.g. ``proto-dc``) and has none yet."""
+    needing = [h for h in heads if callable(getattr(h, "with_base_means", None))
+               and getattr(h, "base_means", None) is None]
+    if not needing:
+        return
+    names = ", ".join(h.name for h in needing)
+    where = f"checkpoint {info['path']}" if info.get("path") else "the checkpoint"
+    means = info.get("base_class_means")
+    if not means:
+        raise FewShotError(f"head {names} needs the base-class means, which {where} does not record "
+                           "(trained before they were; `fewshot train --resume` on its finished run folder "
+                           "adds them)")
+    if transform not in means:
+        raise FewShotError(f"head {names} needs the base-class means under transform {transform!r}; "
+                           f"{where} records them for {', '.join(sorted(means))} "
+                           f"(use --transform {sorted(means)[-1]})")
+    for h in needing:
+        h.with_base_means(means[transform])
 
 
 def _retrievable(data: ImageSet) -> bool:

@@ -169,6 +169,24 @@ def transform(features: torch.Tensor, kind: str = "none",
     return TRANSFORMS.create(kind)(features, base_mean)
 
 
+# the transforms whose base-class means a checkpoint records (cl2n's depend on the base mean too)
+CLASS_MEAN_TRANSFORMS = ("none", "l2")
+
+
+def class_means(features: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Mean feature of every class ``[C, D]`` (float32) under each transform of
+    ``CLASS_MEAN_TRANSFORMS``: what ``proto-dc`` calibrates toward. Classes are ``0..max(labels)``."""
+    labels = torch.as_tensor(labels, device=features.device).long()
+    c = int(labels.max()) + 1 if labels.numel() else 0
+    counts = torch.bincount(labels, minlength=c).clamp_min(1).unsqueeze(1).to(torch.float64)
+    out = {}
+    for kind in CLASS_MEAN_TRANSFORMS:
+        f = transform(features.float(), kind).to(torch.float64)
+        sums = torch.zeros(c, f.shape[1], dtype=torch.float64, device=f.device).index_add_(0, labels, f)
+        out[kind] = (sums / counts).float().cpu()
+    return out
+
+
 def default_transform(distance: str) -> str:
     """The transform that matches a checkpoint's training distance: cosine -> l2, euclidean -> none."""
     return "l2" if distance == "cosine" else "none"

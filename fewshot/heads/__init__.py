@@ -18,6 +18,7 @@ from fewshot.heads.ls import LSHead
 from fewshot.heads.ls_mlp import LSMLPHead
 from fewshot.heads.nn import NNHead
 from fewshot.heads.proto import ProtoHead
+from fewshot.heads.proto_dc import ProtoDCHead
 from fewshot.heads.ridge import DEFAULT_GRID, loo_residuals, loo_select, ridge_fit
 from fewshot.registry import Registry
 
@@ -25,6 +26,8 @@ HEADS = Registry("head", passthrough=None)
 for _name, _cls, _adaptable in (("proto", ProtoHead, True), ("nn", NNHead, True), ("ls", LSHead, True),
                                 ("ls-mlp", LSMLPHead, False), ("logreg", LogRegHead, False)):
     HEADS.register(_name, _cls, skip=("name",), adaptable=_adaptable)
+# needs the checkpoint's base-class means (fewshot.evaluation.evaluate hands them over)
+HEADS.register("proto-dc", ProtoDCHead, skip=("name", "base_means"), adaptable=False, needs_base_means=True)
 
 
 def get_head(name: str | Any, **kw: Any) -> Head:
@@ -41,5 +44,6 @@ def get_head(name: str | Any, **kw: Any) -> Head:
     return head
 
 
-__all__ = ["HEADS", "get_head", "as_head", "Head", "Fitted", "CallableHead", "ProtoHead", "NNHead", "LSHead",
-           "LSMLPHead", "LogRegHead", "ridge_fit", "loo_select", "loo_residuals", "DEFAULT_GRID"]
+__all__ = ["HEADS", "get_head", "as_head", "Head", "Fitted", "CallableHead", "ProtoHead", "ProtoDCHead",
+           "NNHead", "LSHead", "LSMLPHead", "LogRegHead", "ridge_fit", "loo_select", "loo_residuals",
+           "DEFAULT_GRID"]

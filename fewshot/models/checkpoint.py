@@ -67,6 +67,8 @@ def check_finite_checkpoint(ckpt: dict, path: str | os.PathLike | None = None,
     named = dict(ckpt["model"]) if isinstance(ckpt.get("model"), dict) else {}
     if isinstance(ckpt.get("base_mean"), torch.Tensor):
         named["base_mean"] = ckpt["base_mean"]
+    if isinstance(ckpt.get("base_class_means"), dict):
+        named.update({f"base_class_means.{k}": v for k, v in ckpt["base_class_means"].items()})
     tensors = [t for t in named.values() if isinstance(t, torch.Tensor)]
     if bool(all_finite(tensors)):  # one fused check; the names only when it fails
         return
@@ -74,6 +76,17 @@ def check_finite_checkpoint(ckpt: dict, path: str | os.PathLike | None = None,
     if bad:
         raise FewShotError(f"checkpoint holds non-finite values ({len(bad)} tensor(s), e.g. {bad[0]}); "
                            f"{consequence}", path)
+
+
+def _class_means_of(ckpt: dict, path: str | None) -> dict | None:
+    """The checkpoint's ``base_class_means`` (``{transform: [C, D]}``), checked; None if absent."""
+    means = ckpt.get("base_class_means")
+    if means is None:
+        return None
+    if not isinstance(means, dict) or not all(isinstance(v, torch.Tensor) and v.ndim == 2
+                                              for v in means.values()):
+        raise FewShotError("checkpoint's base_class_means is not a {transform: [classes, dim]} table", path)
+    return {str(k): v.float() for k, v in means.items()}
 
 
 def state_hash(state_dict: dict) -> str:
@@ -97,7 +110,8 @@ def load_encoder(path_or_dict: str | os.PathLike | dict, device: str | torch.dev
 
     ``info``: ``preprocess`` (:class:`Preprocess`), ``distance`` (``"cosine"``/``"euclidean"``),
     ``hash`` (16 hex of the weights), ``path``, ``base_classes`` (names), ``base_mean``
-    (``[D]`` mean embedding of the base training images), ``config`` (the training config) and
+    (``[D]`` mean embedding of the base training images), ``base_class_means`` (``{transform:
+    [C, D]}`` per-class means of the same images, or None), ``config`` (the training config) and
     ``tta`` (the recorded test-time augmentation, or None).
     """
     if isinstance(path_or_dict, dict):
@@ -127,6 +141,8 @@ def load_encoder(path_or_dict: str | os.PathLike | dict, device: str | torch.dev
         "path": path,
         "base_classes": list(ckpt.get("base_classes", [])),
         "base_mean": None if base_mean is None else base_mean.float().to(device),
+        # per feature transform, [C, D] (fewshot.evaluation.features.class_means); None when not recorded
+        "base_class_means": _class_means_of(ckpt, path),
         "config": dict(ckpt.get("config", {})),
         "epoch": ckpt.get("epoch"),
         "val_accuracy": ckpt.get("val_accuracy"),

@@ -30,7 +30,7 @@ from episodes import ImageSet
 from episodes.atomic import atomic_write_text
 from fewshot.device import autocast_dtype, native_bf16, pick_device
 from fewshot.errors import FewShotError
-from fewshot.evaluation.features import embed
+from fewshot.evaluation.features import class_means, embed
 from fewshot.evaluation.tta import tta_from_config
 from fewshot.finite import all_finite, nonfinite_names
 from fewshot.models.checkpoint import load_checkpoint, save_checkpoint, state_hash
@@ -395,7 +395,7 @@ class Trainer:
         self.resume_gen_state = None
 
     def _finish(self) -> None:
-        """Base mean (for centred-l2 features) of the best and the last encoders: ``best.pt`` first,
+        """Base statistics (:meth:`_base_statistics`) of the best and the last encoders: ``best.pt`` first,
         ``last.pt`` (the commit point) last; a resume of a finished run redoes this part."""
         self.cur["phase"] = "final"
         if not self.is_main:
@@ -405,18 +405,21 @@ class Trainer:
         if self.best_path.exists():
             best_ckpt = load_checkpoint(self.best_path)
             model.load_state_dict(best_ckpt["model"])
-            best_ckpt["base_mean"] = self._base_mean()
+            best_ckpt.update(self._base_statistics())
             model.load_state_dict(last["model"])
         else:
             best_ckpt = last
-        last["base_mean"] = self._base_mean()
+        last.update(self._base_statistics())
         save_checkpoint(self.best_path, best_ckpt)
         save_checkpoint(self.last_path, last)
 
-    def _base_mean(self) -> torch.Tensor:
-        feats = embed(self.model, self.sets.base.images, self.preprocess, device=self.device, batch_size=512,
-                      progress=False)
-        return feats.to(self.device).mean(0).cpu()
+    def _base_statistics(self) -> dict:
+        """``base_mean [D]`` (for centred-l2 features) and ``base_class_means`` (per feature
+        transform, ``[C, D]``: what ``proto-dc`` calibrates toward) of the real base images."""
+        base = self.sets.base
+        feats = embed(self.model, base.images, self.preprocess, device=self.device, batch_size=512,
+                      progress=False).cpu()
+        return {"base_mean": feats.mean(0), "base_class_means": class_means(feats, base.labels)}
 
     # ---------------------------------------------------------- state, guards
     def _state(self, epoch: int, step: int, sums: dict | None) -> dict:
@@ -437,7 +440,7 @@ class Trainer:
             "running": sums, "epoch": epoch, "metrics": list(self.metrics), "best": self.best,
             "best_accuracy": _accuracy(self.best),
             "val_accuracy": self.metrics[-1].get("val_accuracy") if self.metrics else None,
-            "hash": None, "base_mean": None,
+            "hash": None, "base_mean": None, "base_class_means": None,
             "tta": tta_from_config(cfg.to_dict(), data.channels, distance).to_dict(),  # eval's default
         }
         ckpt["hash"] = state_hash(ckpt["model"])
