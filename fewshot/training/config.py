@@ -42,8 +42,11 @@ OPTIMIZERS.register("sgd", doc="SGD with Nesterov momentum (when momentum > 0)")
 OPTIMIZERS.register("adamw", doc="AdamW")
 OPTIMIZERS.register("adam", doc="Adam")
 SAMPLERS = Registry("sampler", call=False)
+M_PER_CLASS = ("mperclass", "mperclass-group")  # the samplers of m images per class
 SAMPLERS.register("mperclass", doc="PML MPerClassSampler: m images of each of batch/m classes")
 SAMPLERS.register("random", doc="plain random batches")
+SAMPLERS.register("mperclass-group", doc="m images of each of batch/m classes, all classes of a batch "
+                  "from one group (Omniglot alphabet): hard within-group negatives")
 
 
 @dataclass
@@ -211,7 +214,7 @@ def check_config(cfg: TrainConfig, world: int | None = None) -> None:
                                "processes")
     elif cfg.batch_size % world:
         raise FewShotError(f"batch size {cfg.batch_size} is not divisible by the {world} processes")
-    elif cfg.sampler == "mperclass":
+    elif cfg.sampler in M_PER_CLASS:
         per_rank = cfg.batch_size // world
         if per_rank % cfg.m:
             raise FewShotError(f"batch size {cfg.batch_size} is not divisible by m={cfg.m}"
@@ -225,7 +228,7 @@ def check_data(cfg: TrainConfig, data: ImageSet, world: int) -> None:
     check_config(cfg, world)
     if cfg.objective != "metric":
         return
-    if cfg.sampler == "mperclass":
+    if cfg.sampler in M_PER_CLASS:
         counts = data.class_counts()
         smallest = int(counts.argmin())
         if cfg.m > counts[smallest]:
@@ -234,6 +237,14 @@ def check_data(cfg: TrainConfig, data: ImageSet, world: int) -> None:
         if cfg.batch_size // cfg.m > data.num_classes:
             raise FewShotError(f"batch size {cfg.batch_size} with m={cfg.m} needs {cfg.batch_size // cfg.m} "
                                f"classes per batch; the training set has {data.num_classes}")
+    if cfg.sampler == "mperclass-group":
+        if not data.groups:
+            raise FewShotError(f"sampler mperclass-group needs class groups (such as Omniglot's alphabets); "
+                               f"{data.name or 'the training set'} has none")
+        largest = max(data.groups.count(g) for g in data.group_names)
+        if largest < cfg.batch_size // cfg.m:
+            raise FewShotError(f"sampler mperclass-group draws {cfg.batch_size // cfg.m} classes of one "
+                               f"group per batch; the largest group has {largest}")
     if len(data) < cfg.batch_size:
         raise FewShotError(f"batch size {cfg.batch_size} exceeds the {len(data)} training images")
 

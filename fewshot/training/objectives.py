@@ -92,13 +92,20 @@ class MetricBatches:
 
     ``mperclass`` runs PML's ``MPerClassSampler`` with its module RNG seeded for the epoch (and
     the sampler's class order reset), so the epoch's batches are a function of (seed, epoch).
+    ``mperclass-group`` draws, for every batch, a group (``groups``: one name per class; a group
+    with probability in proportion to its images, among those with ``batch_size / m`` classes),
+    then that many of its classes and ``m`` images of each (with replacement only for a class
+    smaller than ``m``): the metric loss sees the hardest negatives a within-group episode holds.
+    PML has no such sampler; as many batches per epoch as ``mperclass`` gives.
     """
 
     def __init__(self, labels: torch.Tensor, sampler: str, m: int, batch_size: int, seed: int,
-                 device: torch.device | None = None):
-        self.labels, self.kind, self.batch_size, self.seed = labels, sampler, batch_size, seed
+                 device: torch.device | None = None, groups: list[str] | None = None):
+        self.labels, self.kind, self.batch_size, self.seed, self.m = labels, sampler, batch_size, seed, m
         self.labels_dev = labels.to(device) if device is not None else labels
         self.n = int(labels.shape[0])
+        if sampler == "mperclass-group":
+            self._group_plan(labels, groups or [])
         if sampler == "mperclass":
             from pytorch_metric_learning.samplers import MPerClassSampler
             self.sampler = MPerClassSampler(labels, m, batch_size=batch_size,
@@ -106,10 +113,38 @@ class MetricBatches:
             self._classes = list(self.sampler.labels)
 
     def __len__(self) -> int:
+        if self.kind == "mperclass-group":   # as many batches as MPerClassSampler's epoch of n images
+            return max(self.n, self.batch_size) // self.batch_size
         return self.n // self.batch_size if self.kind == "random" else len(self.sampler) // self.batch_size
+
+    def _group_plan(self, labels: torch.Tensor, groups: list[str]) -> None:
+        lab = labels.numpy()
+        order = np.argsort(lab, kind="stable")
+        counts = np.bincount(lab, minlength=len(groups))
+        self._members = np.split(order, np.cumsum(counts)[:-1])          # image indices of every class
+        per_batch = self.batch_size // self.m
+        names = list(dict.fromkeys(groups))
+        classes = [np.array([c for c, g in enumerate(groups) if g == name and counts[c] > 0])
+                   for name in names]
+        self._group_classes = [c for c in classes if len(c) >= per_batch]
+        sizes = np.array([counts[c].sum() for c in self._group_classes], dtype=np.float64)
+        self._group_p = sizes / sizes.sum()
+
+    def _group_epoch(self, seed: int) -> torch.Tensor:
+        rng = np.random.default_rng(seed)
+        per_batch, m = self.batch_size // self.m, self.m
+        index = np.empty((len(self), self.batch_size), dtype=np.int64)
+        picks = rng.choice(len(self._group_classes), size=len(self), p=self._group_p)
+        for b, g in enumerate(picks):
+            for j, c in enumerate(rng.choice(self._group_classes[g], per_batch, replace=False)):
+                pool = self._members[c]
+                index[b, j * m:(j + 1) * m] = rng.choice(pool, m, replace=len(pool) < m)
+        return torch.from_numpy(index)
 
     def epoch(self, epoch: int) -> _MetricEpoch:
         seed = derive_seed(self.seed, epoch, 1)
+        if self.kind == "mperclass-group":
+            return _MetricEpoch(self._group_epoch(seed), self.labels_dev)
         if self.kind == "random":
             g = torch.Generator().manual_seed(seed)
             perm = torch.randperm(self.n, generator=g)
@@ -182,7 +217,8 @@ class MetricObjective(Objective):
         self.loss.load_state_dict(state)
 
     def schedule(self, data: ImageSet, world: int, device: torch.device) -> MetricBatches:
-        return MetricBatches(data.labels, self.sampler, self.m, self.batch_size, self.seed, device)
+        return MetricBatches(data.labels, self.sampler, self.m, self.batch_size, self.seed, device,
+                             groups=data.groups)
 
     def forward(self, emb: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> tuple:
         total = emb.new_zeros(())
