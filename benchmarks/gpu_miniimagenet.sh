@@ -3,7 +3,8 @@
 # H200): (1) training throughput at the recipe's batch of 256 -- model-only ceiling, the fewshot pipeline
 # (uint8 images on the GPU, batched crop/flip/jitter) and its ratio, bf16 autocast, eager and
 # torch.compile; (2) `fewshot train --recipe miniimagenet` on the base classes, validating on val;
-# (3) `fewshot eval` of the best checkpoint on 2,000 val episodes per shot, every head, 95% CIs.
+# (3) `fewshot eval` of the best checkpoint on 2,000 val episodes per shot, every head (with proto-dc, the
+# best head on photos: prototypes calibrated toward the base-class means the run records), 95% CIs.
 #
 #   bash benchmarks/gpu_miniimagenet.sh [MINIIMAGENET_ROOT] [OUT_DIR]
 #   SMOKE=1 bash benchmarks/gpu_miniimagenet.sh      # the same commands on the CPU, tiny: a few steps each
@@ -52,8 +53,8 @@ t0=$SECONDS
 python -m fewshot train --data "$DATA" --recipe miniimagenet --out "$OUT/train" --quiet "${TRAIN[@]}"
 echo "train: $((SECONDS - t0)) s"
 
-echo "== 3. eval on val: every head, 5-way 1/5-shot"
+echo "== 3. eval on val: every head and proto-dc, 5-way 1/5-shot"
 t0=$SECONDS
 python -m fewshot eval --checkpoint "$OUT/train/best.pt" --data "miniimagenet:$ROOT" --split val \
-    --way 5 --shot 1,5 --out "$OUT/eval" --quiet "${EVAL[@]}"
+    --way 5 --shot 1,5 --heads proto,nn,ls,ls-mlp,logreg,proto-dc --out "$OUT/eval" --quiet "${EVAL[@]}"
 echo "eval: $((SECONDS - t0)) s"

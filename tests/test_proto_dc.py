@@ -97,6 +97,10 @@ def test_training_records_base_class_means_and_eval_uses_them(tmp_path):
     for shot in (1, 2):   # lam = 0 is proto, episode by episode
         assert (result.accuracy[("proto-dc:lam=0", shot)] == result.accuracy[("proto", shot)]).all()
     assert {r["head"] for r in result.results()} == {"proto", "proto-dc", "proto-dc:lam=0"}
+    mine = get_head("proto-dc", distance="cosine")   # a head object of the caller's: used, not changed
+    again = evaluate(res.best_path, val, heads=[mine], episodes=protocol, progress=False, retrieval=False)
+    assert mine.base_means is None
+    assert (again.accuracy[("proto-dc", 1)] == result.accuracy[("proto-dc", 1)]).all()
 
     with pytest.raises(FewShotError, match="under transform 'cl2n'.*records them for l2, none"):
         evaluate(res.best_path, val, heads="proto-dc", episodes=protocol, transform="cl2n", progress=False)

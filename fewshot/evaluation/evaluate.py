@@ -12,6 +12,7 @@ the report (:mod:`fewshot.evaluation.report`).
 
 from __future__ import annotations
 
+import copy
 import itertools
 import os
 import platform
@@ -368,7 +369,7 @@ def evaluate(checkpoint: str | os.PathLike | tuple[torch.nn.Module, dict], data:
     feats = apply_transform(feats, kind, None if base_mean is None else torch.as_tensor(base_mean).cpu())
     check_finite(feats, data.name or None)
 
-    bind_base_means(head_objs, info, kind)
+    head_objs = bind_base_means(head_objs, info, kind)
 
     accuracy: dict[tuple[str, int], np.ndarray] = {}
     for eps in ep_sets:
@@ -405,13 +406,14 @@ def evaluate(checkpoint: str | os.PathLike | tuple[torch.nn.Module, dict], data:
     return result
 
 
-def bind_base_means(heads: Sequence[Head], info: dict, transform: str) -> None:
-    """Hand the checkpoint's base-class means (under the features' ``transform``) to every head
-    that calibrates toward them (``with_base_means``, e.g. ``proto-dc``) and has none yet."""
+def bind_base_means(heads: Sequence[Head], info: dict, transform: str) -> list[Head]:
+    """``heads`` with the checkpoint's base-class means (under the features' ``transform``) handed
+    to every head that calibrates toward them (``with_base_means``, e.g. ``proto-dc``) and has none
+    yet: a copy of each such head, so a head object given by the caller is left as it was."""
     needing = [h for h in heads if callable(getattr(h, "with_base_means", None))
                and getattr(h, "base_means", None) is None]
     if not needing:
-        return
+        return list(heads)
     names = ", ".join(h.name for h in needing)
     where = f"checkpoint {info['path']}" if info.get("path") else "the checkpoint"
     means = info.get("base_class_means")
@@ -423,8 +425,8 @@ def bind_base_means(heads: Sequence[Head], info: dict, transform: str) -> None:
         raise FewShotError(f"head {names} needs the base-class means under transform {transform!r}; "
                            f"{where} records them for {', '.join(sorted(means))} "
                            f"(use --transform {sorted(means)[-1]})")
-    for h in needing:
-        h.with_base_means(means[transform])
+    return [copy.copy(h).with_base_means(means[transform]) if any(h is n for n in needing) else h
+            for h in heads]
 
 
 def _retrievable(data: ImageSet) -> bool:

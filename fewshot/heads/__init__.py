@@ -27,7 +27,7 @@ for _name, _cls, _adaptable in (("proto", ProtoHead, True), ("nn", NNHead, True)
                                 ("ls-mlp", LSMLPHead, False), ("logreg", LogRegHead, False)):
     HEADS.register(_name, _cls, skip=("name",), adaptable=_adaptable)
 # needs the checkpoint's base-class means (fewshot.evaluation.evaluate hands them over)
-HEADS.register("proto-dc", ProtoDCHead, skip=("name", "base_means"), adaptable=False, needs_base_means=True)
+HEADS.register("proto-dc", ProtoDCHead, skip=("name", "base_means"), adaptable=False)
 
 
 def get_head(name: str | Any, **kw: Any) -> Head:
