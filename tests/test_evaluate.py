@@ -136,6 +136,29 @@ def test_cli_eval_writes_report(ckpt, cli_data, tmp_path, capsys):
     _one_line_error(capsys, main(["eval", "--checkpoint", str(ckpt), "--data", "digits", "--tsne"]), "--out")
 
 
+def test_cli_eval_power_transform(ckpt, cli_data, tmp_path, capsys):
+    """``--transform pt`` (square root, then unit length) on a ReLU encoder's features: the
+    figures of the heads on features transformed by hand, recorded in results.json."""
+    out = tmp_path / "pt"
+    rc = main(["eval", "--checkpoint", str(ckpt), "--data", "digits", "--heads", "proto,ls", "--shot", "1",
+               "--episodes", "20", "--seed", "4", "--out", str(out), "--quiet", "--device", "cpu",
+               "--transform", "pt", "--no-retrieval"])
+    assert rc == 0, capsys.readouterr().err
+    doc = json.loads((out / "results.json").read_text())
+    assert doc["config"]["transform"] == "pt"
+    from fewshot.models.checkpoint import load_encoder
+
+    model, info = load_encoder(ckpt)
+    feats = embed(model, cli_data, info["preprocess"], device="cpu", progress=False)
+    assert bool((feats >= 0).all())                       # conv4 ends in a ReLU: pt applies
+    eps = sample_episodes(cli_data, EpisodeSpec(5, 1, 15), 20, seed=4)
+    want = score_episodes(torch.nn.functional.normalize(feats.sqrt(), dim=-1), eps,
+                          build_heads("proto,ls", "euclidean"))
+    got = {r["head"]: r["accuracy"] for r in doc["results"]}
+    for h in ("proto", "ls"):
+        assert got[h] == pytest.approx(float(np.mean(want[h])))
+
+
 def test_tsne_picture(digits, tmp_path):
     from fewshot.evaluation.evaluate import EvalResult, tsne_embedding
     from fewshot.evaluation.report import write_report

@@ -64,7 +64,12 @@ def test_transforms():
     torch.testing.assert_close(transform(x, "cl2n", mean), torch.nn.functional.normalize(x - mean, dim=-1))
     with pytest.raises(FewShotError, match="base-class mean"):
         transform(x, "cl2n")
-    with pytest.raises(FewShotError, match="choose one of none, l2, cl2n"):
+    relu = x.clamp_min(0)
+    torch.testing.assert_close(transform(relu, "pt"), torch.nn.functional.normalize(relu.sqrt(), dim=-1))
+    assert float(transform(torch.tensor([[4.0, 0.0, 9.0]]), "pt")[0, 2]) == pytest.approx(3 / 13 ** 0.5)
+    with pytest.raises(FewShotError, match="transform pt needs non-negative features"):
+        transform(x, "pt")
+    with pytest.raises(FewShotError, match="choose one of none, l2, cl2n, pt"):
         transform(x, "zca")
 
 

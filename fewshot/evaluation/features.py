@@ -151,11 +151,21 @@ def _centred_unit(features: torch.Tensor, base_mean: torch.Tensor | None = None)
     return _unit(features - base_mean)
 
 
+def _power_unit(features: torch.Tensor, base_mean: torch.Tensor | None = None) -> torch.Tensor:
+    if bool((features < 0).any()):
+        raise FewShotError("transform pt needs non-negative features (an encoder that ends in a ReLU, as "
+                           "conv4 and resnet12 do); these have negative values (use --transform l2)")
+    return _unit(features.sqrt())
+
+
 TRANSFORMS = Registry("feature transform", call=False)
 TRANSFORMS.register("none", lambda features, base_mean=None: features, doc="the features as they are.")
 TRANSFORMS.register("l2", _unit, doc="unit length.")
 TRANSFORMS.register("cl2n", _centred_unit, doc="subtract the base-class mean embedding, then unit length "
                     "(SimpleShot, Wang et al. 2019).")
+TRANSFORMS.register("pt", _power_unit, doc="square root of every feature, then unit length (Tukey's power "
+                    "transform with beta 0.5, Hu et al. 2021): evens out heavy-tailed ReLU features; "
+                    "non-negative features only.")
 
 
 def transform(features: torch.Tensor, kind: str = "none",
@@ -164,7 +174,8 @@ def transform(features: torch.Tensor, kind: str = "none",
 
     ``none``: as is. ``l2``: unit length. ``cl2n`` (SimpleShot, Wang et al. 2019): subtract the mean
     embedding of the *base* training images (``base_mean [D]``, from the checkpoint), then unit
-    length. Works on any ``[..., D]``.
+    length. ``pt`` (Hu et al. 2021): square root of every feature, then unit length; the features
+    must be non-negative (a ReLU encoder's). Works on any ``[..., D]``.
     """
     return TRANSFORMS.create(kind)(features, base_mean)
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from episodes.errors import DatasetError
 from episodes.protocols import protocol_for
 from fewshot.errors import FewShotError
+from fewshot.evaluation.features import TRANSFORMS
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -49,7 +50,7 @@ TRAIN_FACTORS: dict[str, str] = {
 EVAL_FACTORS: dict[str, str] = {
     "head": "few-shot head (proto, nn, ls, ls-mlp, logreg, or 'name:key=value')",
     "shot": "support images per class",
-    "transform": "feature transform before the head (default = the checkpoint's, none, l2, cl2n)",
+    "transform": "feature transform before the head (default = the checkpoint's, none, l2, cl2n, pt)",
 }
 FACTORS = {**TRAIN_FACTORS, **EVAL_FACTORS}
 METRIC_ONLY = ("loss", "miner", "weights", "m", "batch_size")
@@ -208,9 +209,9 @@ def _levels(name: str, value) -> list:
             if not isinstance(v, str) or not os.path.isfile(v):
                 raise FewShotError(f"checkpoint level {v!r} is not a file")
         elif name == "transform":
-            if v not in ("default", "none", "l2", "cl2n"):
+            if v != "default" and v not in TRANSFORMS:
                 raise FewShotError(f"unknown transform {v!r}; valid: default (the checkpoint's), "
-                                   "none, l2, cl2n")
+                                   f"{', '.join(TRANSFORMS)}")
         elif not isinstance(v, str):
             raise FewShotError(f"levels of {name!r} must be names, got {v!r}")
         if v in out:
