@@ -395,3 +395,41 @@ def test_bad_precision_is_one_line(tmp_path, capsys):
     # recipes and the Python API: the config check, before any data is read
     with pytest.raises(FewShotError, match="precision must be one of auto, fast, fp32, bf16, got 'half'"):
         train(_cfg(precision="half"), digits_set(), None, tmp_path / "y", progress=False)
+
+
+def test_eval_transform_validates_and_becomes_evaluations_default(tmp_path):
+    """``eval_transform``: validation scores the transformed features, the checkpoint records the
+    transform, and ``evaluate`` (as ``fewshot eval``) uses it unless told otherwise, reproducing
+    the run's own figure on the same episodes."""
+    from episodes.protocols import EpisodeProtocol
+    from fewshot.evaluation.evaluate import evaluate
+
+    data, val = digits_set(per_class=8).split_classes(0.3, seed=0)
+    res = train(_cfg(epochs=1, eval_transform="pt"), data, val, tmp_path / "pt", progress=False)
+    plain = train(_cfg(epochs=1), data, val, tmp_path / "l2", progress=False)
+    model, info = load_encoder(res.best_path)
+    assert info["transform"] == "pt" and load_encoder(plain.best_path)[1]["transform"] is None
+    assert info["hash"] == load_encoder(plain.best_path)[1]["hash"]   # same weights; only validation differs
+    protocol = EpisodeProtocol(way=3, shots=(1,), query=5, episodes=20, seed=0)
+    ev = evaluate(res.best_path, val, heads="proto", episodes=protocol, device="cpu", progress=False,
+                  retrieval=False)
+    assert ev.config["transform"] == "pt"
+    assert float(ev.accuracy[("proto", 1)].mean()) == pytest.approx(res.val_accuracy, abs=1e-6)  # float32 row
+    ev_l2 = evaluate(res.best_path, val, heads="proto", episodes=protocol, transform="l2", device="cpu",
+                     progress=False, retrieval=False)
+    assert float(ev_l2.accuracy[("proto", 1)].mean()) == pytest.approx(plain.val_accuracy, abs=1e-6)
+    import fewshot
+
+    clf = fewshot.adapt(res.best_path, (val.images, val.labels), head="proto", progress=False)
+    assert clf.transform == "pt"                                        # adapt follows the record too
+    assert fewshot.adapt(res.best_path, (val.images, val.labels), head="proto", transform="l2",
+                         progress=False).transform == "l2"
+    from fewshot.models.checkpoint import load_checkpoint
+
+    forged = {**load_checkpoint(res.best_path), "transform": "zca"}
+    with pytest.raises(FewShotError, match="unknown feature transform 'zca'"):
+        load_encoder(forged)
+    with pytest.raises(FewShotError, match="eval-transform cl2n needs the base-class mean"):
+        train(_cfg(epochs=1, eval_transform="cl2n"), data, val, tmp_path / "c", progress=False)
+    with pytest.raises(FewShotError, match="unknown feature transform 'zca'; choose one of none, l2, cl2n"):
+        train(_cfg(epochs=1, eval_transform="zca"), data, val, tmp_path / "z", progress=False)

@@ -213,8 +213,9 @@ def adapt(encoder_or_checkpoint: str | os.PathLike | dict | nn.Module, support, 
             class_names])`` (uint8 ``[N, C, H, W]``, any size, 1 or 3 channels).
         head: ``"ls"`` (ridge, λ by leave-one-out; the default), ``"proto"`` or ``"nn"``; default
             the winner in ``results`` (a ``fewshot eval`` results.json) when given.
-        transform: feature transform ``none``/``l2``/``cl2n``; default from ``results``, else ``l2``
-            for a cosine-trained encoder and ``none`` for a euclidean one.
+        transform: feature transform ``none``/``l2``/``cl2n``/``pt``; default from ``results``, else
+            the one the checkpoint records, else ``l2`` for a cosine-trained encoder and ``none`` for
+            a euclidean one.
         lam: fixed ridge λ instead of the leave-one-out choice.
         reference: store the checkpoint's path and hash instead of its weights.
         strict: unreadable files are errors instead of warnings.
@@ -236,7 +237,8 @@ def adapt(encoder_or_checkpoint: str | os.PathLike | dict | nn.Module, support, 
         raise FewShotError(f"batch size must be positive, got {batch_size}")
     encoder, preprocess, info, source = _load_encoder(encoder_or_checkpoint, preprocess, reference, device)
     distance = info.get("distance") or "euclidean"
-    transform = transform or res_transform or ("l2" if distance == "cosine" else "none")
+    transform = (transform or res_transform or info.get("transform")
+                 or ("l2" if distance == "cosine" else "none"))
     images, y, names, skipped = _support_tensors(support, preprocess, labels=labels, class_names=class_names,
                                                  strict=strict, progress=progress)
     counts = torch.bincount(y, minlength=len(names))

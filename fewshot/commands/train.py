@@ -8,6 +8,7 @@ import sys
 from episodes.atomic import ensure_writable_dir
 from fewshot.device import PRECISIONS
 from fewshot.errors import FewShotError
+from fewshot.evaluation.features import TRANSFORMS
 from fewshot.models.encoders import ENCODERS, typed_encoder_args
 from fewshot.models.losses import DISTANCES, LOSSES, MINERS
 from fewshot.options import declared, parse_pairs, typed_options
@@ -82,6 +83,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     v.add_argument("--val-way", type=int, default=None)
     v.add_argument("--val-shots", type=int, nargs="+", default=None)
     v.add_argument("--val-within-group", action=argparse.BooleanOptionalAction, default=None)
+    v.add_argument("--eval-transform", choices=TRANSFORMS, default=None,
+                   help="feature transform of validation, recorded as evaluation's default "
+                        "(default: by the distance, l2 for cosine)")
     v.add_argument("--tensorboard", action=argparse.BooleanOptionalAction, default=None,
                    help="also write TensorBoard events to OUT/tensorboard (needs the tensorboard extra)")
     v.add_argument("--quiet", action="store_true",
@@ -105,6 +109,7 @@ def build_config(args: argparse.Namespace):
         "val_every": args.val_every,
         "val_episodes": args.val_episodes, "val_way": args.val_way, "val_shots": args.val_shots,
         "val_within_group": args.val_within_group, "tensorboard": args.tensorboard,
+        "eval_transform": args.eval_transform,
         "loss_args": parse_pairs(args.loss_arg, "--loss-arg") if args.loss_arg else None,
         "encoder_args": parse_pairs(args.encoder_arg, "--encoder-arg") if args.encoder_arg else None,
         "augment": parse_pairs(args.augment_arg, "--augment-arg") if args.augment_arg else None,

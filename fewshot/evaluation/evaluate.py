@@ -342,7 +342,8 @@ def evaluate(checkpoint: str | os.PathLike | tuple[torch.nn.Module, dict], data:
     episodes, within-group, seed: one seeded draw per shot; default 5-way 1- and 5-shot, 15 queries,
     2,000 episodes), fixed :class:`~episodes.Episodes` (e.g. the Omniglot challenge runs, with
     ``challenge=True``: error rates), or manifest files (one per shot).
-    ``distance`` / ``transform`` default to the checkpoint's training distance (cosine -> l2 features,
+    ``distance`` defaults to the checkpoint's training distance; ``transform`` to the transform the
+    checkpoint records (a recipe's ``eval_transform``), else by the distance (cosine -> l2 features,
     euclidean -> raw). Images are converted to the encoder's channels and size by the checkpoint's
     preprocessing, so cross-domain data just works. The report files are written by
     :func:`fewshot.evaluation.report.write_report`.
@@ -357,7 +358,7 @@ def evaluate(checkpoint: str | os.PathLike | tuple[torch.nn.Module, dict], data:
     dev = pick_device(device)
     model, info = _load_encoder(checkpoint, dev)
     distance = check_distance(distance or info.get("distance") or "euclidean")
-    kind = transform or default_transform(distance)
+    kind = transform or info.get("transform") or default_transform(distance)
     head_objs = build_heads(heads, distance)
     ep_sets = _episode_sets(data, episodes)
     tta = resolve_tta(info, tta_views, tta_args)

@@ -89,6 +89,17 @@ def _class_means_of(ckpt: dict, path: str | None) -> dict | None:
     return {str(k): v.float() for k, v in means.items()}
 
 
+def _transform_of(ckpt: dict, path: str | None) -> str | None:
+    """The checkpoint's recorded evaluation transform (a name of ``TRANSFORMS``), checked; None if absent."""
+    from fewshot.evaluation.features import TRANSFORMS
+
+    kind = ckpt.get("transform")
+    if kind is not None and (not isinstance(kind, str) or kind not in TRANSFORMS):
+        raise FewShotError(f"checkpoint records an unknown feature transform {kind!r} "
+                           f"(known: {', '.join(TRANSFORMS)})", path)
+    return kind
+
+
 def state_hash(state_dict: dict) -> str:
     """16-hex content hash of a model state (names, shapes, dtypes and values)."""
     h = hashlib.sha256()
@@ -111,8 +122,9 @@ def load_encoder(path_or_dict: str | os.PathLike | dict, device: str | torch.dev
     ``info``: ``preprocess`` (:class:`Preprocess`), ``distance`` (``"cosine"``/``"euclidean"``),
     ``hash`` (16 hex of the weights), ``path``, ``base_classes`` (names), ``base_mean``
     (``[D]`` mean embedding of the base training images), ``base_class_means`` (``{transform:
-    [C, D]}`` per-class means of the same images, or None), ``config`` (the training config) and
-    ``tta`` (the recorded test-time augmentation, or None).
+    [C, D]}`` per-class means of the same images, or None), ``config`` (the training config),
+    ``tta`` (the recorded test-time augmentation, or None) and ``transform`` (the recorded feature
+    transform of evaluation, or None: by the distance).
     """
     if isinstance(path_or_dict, dict):
         ckpt, path = path_or_dict, path_or_dict.get("path")
@@ -147,5 +159,6 @@ def load_encoder(path_or_dict: str | os.PathLike | dict, device: str | torch.dev
         "epoch": ckpt.get("epoch"),
         "val_accuracy": ckpt.get("val_accuracy"),
         "tta": ckpt.get("tta"),  # the recipe's test-time augmentation (fewshot.evaluation.tta.checkpoint_tta)
+        "transform": _transform_of(ckpt, path),  # the recipe's feature transform for evaluation, or None
     }
     return model, info

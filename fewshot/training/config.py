@@ -16,6 +16,7 @@ from episodes import ImageSet
 from episodes.protocols import PROTOCOL_VAL, validation_settings
 from fewshot.device import check_precision
 from fewshot.errors import FewShotError
+from fewshot.evaluation.features import TRANSFORMS
 from fewshot.models.encoders import ENCODERS
 from fewshot.models.losses import DISTANCES, LOSSES, MINERS
 from fewshot.options import check_option_types, from_options
@@ -114,6 +115,9 @@ class TrainConfig:
     val_tta: int = 1
     val_tta_every: int = 1
     val_tta_augment: dict = field(default_factory=dict)
+    # the feature transform of validation and, recorded in the checkpoint, of evaluation's default
+    # (None: by the distance, l2 for cosine); cl2n needs the base mean only the finished run knows
+    eval_transform: str | None = None
     # monitoring
     tensorboard: bool = False
 
@@ -200,6 +204,11 @@ def check_config(cfg: TrainConfig, world: int | None = None) -> None:
             raise FewShotError(f"{name.replace('_', '-')} must be a positive integer, "
                                f"got {getattr(cfg, name)}")
     check_precision(cfg.precision)
+    if cfg.eval_transform is not None:
+        TRANSFORMS.get(cfg.eval_transform)  # unknown: one line listing the valid ones
+        if cfg.eval_transform == "cl2n":
+            raise FewShotError("eval-transform cl2n needs the base-class mean, known only at the end of "
+                               "training: validate with l2 or pt and evaluate with --transform cl2n")
     if int(cfg.seed) < 0:
         raise FewShotError(f"seed must be a non-negative integer, got {cfg.seed}")
     if int(cfg.val_tta_every) < 0:

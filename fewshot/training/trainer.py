@@ -442,6 +442,7 @@ class Trainer:
             "val_accuracy": self.metrics[-1].get("val_accuracy") if self.metrics else None,
             "hash": None, "base_mean": None, "base_class_means": None,
             "tta": tta_from_config(cfg.to_dict(), data.channels, distance).to_dict(),  # eval's default
+            "transform": cfg.eval_transform,  # eval's default feature transform (None: by the distance)
         }
         ckpt["hash"] = state_hash(ckpt["model"])
         return ckpt

@@ -10,7 +10,7 @@ import torch
 
 from episodes import EpisodeSpec, ImageSet, sample_episodes
 from fewshot.errors import FewShotError
-from fewshot.evaluation.features import embed
+from fewshot.evaluation.features import embed, transform
 from fewshot.evaluation.tta import TTA, tta_from_config
 from fewshot.training.config import TrainConfig
 
@@ -24,6 +24,8 @@ class Validation:
     that many beside the largest shot. :meth:`due` says whether an epoch validates (every
     ``val_every`` epochs and the last) and whether with TTA (``val_tta`` views every
     ``val_tta_every`` epochs, 0: the last only); :meth:`__call__` returns the epoch's row entries.
+    Features go through ``eval_transform`` when the config names one (the transform the checkpoint
+    records as evaluation's default), so the run's figure is the one ``fewshot eval`` reproduces.
     """
 
     def __init__(self, cfg: TrainConfig, val: ImageSet, distance: str, channels: int):
@@ -58,6 +60,8 @@ class Validation:
             if with_tta:
                 views[""] = embed(model, self.val.images, preprocess, device=device, batch_size=512,
                                   progress=False, tta=self.tta).to(device)
+        if cfg.eval_transform is not None:
+            views = {k: transform(v, cfg.eval_transform) for k, v in views.items()}
         out = {}
         for shot, eps in self.sets.items():
             for suffix, feats in views.items():
