@@ -102,7 +102,7 @@ def test_training_records_base_class_means_and_eval_uses_them(tmp_path):
     assert mine.base_means is None
     assert (again.accuracy[("proto-dc", 1)] == result.accuracy[("proto-dc", 1)]).all()
 
-    with pytest.raises(FewShotError, match="under transform 'cl2n'.*records them for l2, none"):
+    with pytest.raises(FewShotError, match=r"transform .cl2n.*for l2, none \(use --transform l2\)"):
         evaluate(res.best_path, val, heads="proto-dc", episodes=protocol, transform="cl2n", progress=False)
     # a checkpoint written before the means were recorded: a one-line error that says how to add them
     old = load_checkpoint(res.best_path)

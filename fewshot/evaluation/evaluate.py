@@ -425,7 +425,7 @@ def bind_base_means(heads: Sequence[Head], info: dict, transform: str) -> list[H
     if transform not in means:
         raise FewShotError(f"head {names} needs the base-class means under transform {transform!r}; "
                            f"{where} records them for {', '.join(sorted(means))} "
-                           f"(use --transform {sorted(means)[-1]})")
+                           f"(use --transform {'l2' if 'l2' in means else sorted(means)[0]})")
     return [copy.copy(h).with_base_means(means[transform]) if any(h is n for n in needing) else h
             for h in heads]
 
