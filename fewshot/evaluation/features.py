@@ -153,8 +153,8 @@ def _centred_unit(features: torch.Tensor, base_mean: torch.Tensor | None = None)
 
 def _power_unit(features: torch.Tensor, base_mean: torch.Tensor | None = None) -> torch.Tensor:
     if bool((features < 0).any()):
-        raise FewShotError("transform pt needs non-negative features (an encoder that ends in a ReLU, as "
-                           "conv4 and resnet12 do); these have negative values (use --transform l2)")
+        raise FewShotError("transform pt needs non-negative features (an encoder that ends in a ReLU, such "
+                           "as conv4 or resnet18); these have negative values (use --transform l2)")
     return _unit(features.sqrt())
 
 
