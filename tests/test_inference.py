@@ -70,6 +70,35 @@ def test_untraceable_model_still_runs_unfused():
         torch.testing.assert_close(fast(x), m(x)[0])
 
 
+def test_shared_conv_bn_is_not_folded_twice():
+    """A block called twice (shared weights): folding its BN once per call would corrupt the
+    conv and every embedding with it, silently; such a model runs unfused and equals the plain one."""
+
+    class Shared(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = torch.nn.Conv2d(1, 4, 3, padding=1)
+            self.conv, self.bn = torch.nn.Conv2d(4, 4, 3, padding=1), torch.nn.BatchNorm2d(4)
+
+        def forward(self, x):
+            y = self.stem(x)
+            y = torch.relu(self.bn(self.conv(y)))
+            y = torch.relu(self.bn(self.conv(y)))           # the same conv and BN again
+            return y.mean((2, 3)), None
+
+    torch.manual_seed(0)
+    m = Shared().eval()
+    with torch.no_grad():
+        m.bn.running_mean.uniform_(-0.3, 0.3)
+        m.bn.running_var.uniform_(0.5, 2.0)
+        m.bn.weight.uniform_(0.5, 1.5)
+    fast = prepare_for_inference(m)
+    assert not fast.fused
+    x = torch.randn(5, 1, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x), m(x)[0])
+
+
 def test_inference_model_is_cached_and_refreshed_when_weights_change():
     m = _conv4().eval()
     a = inference_model(m)

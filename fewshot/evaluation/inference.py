@@ -21,7 +21,8 @@ Conv-4); ``benchmarks/adapt_speed.py`` measures its speed and prediction agreeme
 Conv-4 at 84x84 is ~0.2 GFLOP per image; on CPU the two layout/fusion changes together measured
 ~2.3x the images/s of the plain module (``benchmarks/adapt_speed.py`` prints the comparison).
 Outputs equal the plain module's to float rounding (~1e-6 relative). Models that ``torch.fx``
-cannot trace are still copied, put in eval mode and made channels_last, just not fused.
+cannot trace, or that call one module twice (shared weights), are still copied, put in eval mode
+and made channels_last, just not fused.
 
 :func:`inference_model` caches the prepared copy per (model, device) and re-prepares it when the
 model's parameters or buffers change (checked by storage pointer and version counter).
@@ -113,12 +114,18 @@ class InferenceModel(nn.Module):
 
 
 def _fuse(model: nn.Module) -> tuple[nn.Module, bool]:
-    """``(copy with conv+BN folded, True)``, or ``(plain copy, False)`` if fx cannot trace it."""
+    """``(copy with conv+BN folded, True)``, or ``(plain copy, False)`` if fx cannot trace it or
+    it calls one module more than once (shared weights: fx's ``fuse`` would fold the BN into the
+    shared conv once per call, a wrong conv and wrong embeddings with no error)."""
     if not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
         return copy.deepcopy(model), False
     try:
+        import torch.fx
         from torch.fx.experimental.optimization import fuse
 
+        called = [n.target for n in torch.fx.symbolic_trace(model).graph.nodes if n.op == "call_module"]
+        if len(called) != len(set(called)):
+            return copy.deepcopy(model), False
         return fuse(model, inplace=False), True
     except Exception:  # noqa: BLE001 - untraceable models (data-dependent control flow) run unfused
         return copy.deepcopy(model), False
