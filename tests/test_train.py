@@ -429,6 +429,12 @@ def test_eval_transform_validates_and_becomes_evaluations_default(tmp_path):
     forged = {**load_checkpoint(res.best_path), "transform": "zca"}
     with pytest.raises(FewShotError, match="unknown feature transform 'zca'"):
         load_encoder(forged)
+    # features that can be negative (a linear projection): refused before the first epoch
+    with pytest.raises(FewShotError, match="eval-transform pt does not fit encoder conv4: transform pt needs "
+                                           "non-negative features"):
+        train(_cfg(epochs=1, eval_transform="pt", embedding_dim=8), data, val, tmp_path / "neg",
+              progress=False)
+    assert not (tmp_path / "neg" / "last.pt").exists()
     with pytest.raises(FewShotError, match="eval-transform cl2n needs the base-class mean"):
         train(_cfg(epochs=1, eval_transform="cl2n"), data, val, tmp_path / "c", progress=False)
     with pytest.raises(FewShotError, match="unknown feature transform 'zca'; choose one of none, l2, cl2n"):

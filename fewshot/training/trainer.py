@@ -184,6 +184,8 @@ class Trainer:
         self.augment = Augment.from_dict(cfg.augment)
         self.gen = torch.Generator(device=device)
         self.validation = None if sets.val is None else Validation(cfg, sets.val, obj.distance, data.channels)
+        if self.validation is not None:   # a transform the encoder's features cannot take: say so now
+            self.validation.check_transform(self.model, self.preprocess, device)
         self.best_path, self.last_path = out_dir / "best.pt", out_dir / "last.pt"
         self.out_dir = out_dir
 

@@ -40,6 +40,19 @@ class Validation:
                      for shot in cfg.val_shots}
         self.tta: TTA = tta_from_config(cfg.to_dict(), channels, distance)  # what the checkpoint records
 
+    def check_transform(self, model: torch.nn.Module, preprocess, device: torch.device) -> None:
+        """Apply ``eval_transform`` to a few validation embeddings of ``model`` before training, so a
+        transform the encoder's features cannot take (``pt`` on a LeakyReLU or linear output) is a
+        one-line error now, not after the first epoch."""
+        if self.cfg.eval_transform is None:
+            return
+        feats = embed(model, self.val.images[:8], preprocess, device=device, progress=False)
+        try:
+            transform(feats, self.cfg.eval_transform)
+        except FewShotError as exc:
+            raise FewShotError(f"eval-transform {self.cfg.eval_transform} does not fit encoder "
+                               f"{self.cfg.encoder}: {exc}") from None
+
     def due(self, epoch: int) -> tuple[bool, bool]:
         """``(validate, with_tta)`` after 0-based ``epoch``."""
         cfg, n = self.cfg, epoch + 1
