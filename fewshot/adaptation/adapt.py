@@ -28,6 +28,7 @@ from episodes.imageset import ImageSet
 from fewshot.adaptation.classifier import HEAD_KINDS, FewShotClassifier, head_for, read_images
 from fewshot.adaptation.loo import class_counts, estimate
 from fewshot.errors import FewShotError
+from fewshot.evaluation.features import checkpoint_transform
 from fewshot.evaluation.inference import threads
 from fewshot.evaluation.tta import resolve_tta
 from fewshot.heads import get_head
@@ -237,8 +238,7 @@ def adapt(encoder_or_checkpoint: str | os.PathLike | dict | nn.Module, support, 
         raise FewShotError(f"batch size must be positive, got {batch_size}")
     encoder, preprocess, info, source = _load_encoder(encoder_or_checkpoint, preprocess, reference, device)
     distance = info.get("distance") or "euclidean"
-    transform = (transform or res_transform or info.get("transform")
-                 or ("l2" if distance == "cosine" else "none"))
+    transform = transform or res_transform or checkpoint_transform(info, distance)
     images, y, names, skipped = _support_tensors(support, preprocess, labels=labels, class_names=class_names,
                                                  strict=strict, progress=progress)
     counts = torch.bincount(y, minlength=len(names))

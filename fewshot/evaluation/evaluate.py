@@ -33,7 +33,7 @@ from fewshot.evaluation import stats
 from fewshot.evaluation.features import (
     _load_encoder,
     check_finite,
-    default_transform,
+    checkpoint_transform,
     embed_cached,
 )
 from fewshot.evaluation.features import transform as apply_transform
@@ -358,7 +358,7 @@ def evaluate(checkpoint: str | os.PathLike | tuple[torch.nn.Module, dict], data:
     dev = pick_device(device)
     model, info = _load_encoder(checkpoint, dev)
     distance = check_distance(distance or info.get("distance") or "euclidean")
-    kind = transform or info.get("transform") or default_transform(distance)
+    kind = transform or checkpoint_transform(info, distance)
     head_objs = build_heads(heads, distance)
     ep_sets = _episode_sets(data, episodes)
     tta = resolve_tta(info, tta_views, tta_args)

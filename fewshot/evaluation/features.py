@@ -203,6 +203,12 @@ def default_transform(distance: str) -> str:
     return "l2" if distance == "cosine" else "none"
 
 
+def checkpoint_transform(info: dict, distance: str) -> str:
+    """The transform a checkpoint's features get unless told otherwise: the one its recipe recorded
+    (``info["transform"]``, a recipe's ``eval_transform``), else :func:`default_transform`."""
+    return info.get("transform") or default_transform(distance)
+
+
 def cache_dir_default() -> Path:
     return Path(os.environ.get("FEWSHOT_CACHE_DIR") or Path.home() / ".cache" / "fewshot")
 

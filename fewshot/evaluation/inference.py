@@ -123,10 +123,11 @@ def _fuse(model: nn.Module) -> tuple[nn.Module, bool]:
         import torch.fx
         from torch.fx.experimental.optimization import fuse
 
-        called = [n.target for n in torch.fx.symbolic_trace(model).graph.nodes if n.op == "call_module"]
+        traced = torch.fx.symbolic_trace(model)
+        called = [n.target for n in traced.graph.nodes if n.op == "call_module"]
         if len(called) != len(set(called)):
             return copy.deepcopy(model), False
-        return fuse(model, inplace=False), True
+        return fuse(traced, inplace=False, no_trace=True), True   # a copy: the model keeps its BN
     except Exception:  # noqa: BLE001 - untraceable models (data-dependent control flow) run unfused
         return copy.deepcopy(model), False
 

@@ -29,8 +29,8 @@ from dataclasses import dataclass, field
 import torch
 
 from fewshot.errors import FewShotError
-from fewshot.heads.base import check_distance, check_support, one_hot
-from fewshot.heads.proto import FittedProto
+from fewshot.heads.base import check_distance, one_hot
+from fewshot.heads.proto import FittedProto, ProtoHead
 from fewshot.options import at_least, check
 
 
@@ -83,15 +83,14 @@ class ProtoDCHead:
         return means[nearest].mean(-2)
 
     def fit(self, support: torch.Tensor, support_labels: torch.Tensor, way: int) -> FittedProto:
-        check_support(support, support_labels, way)
+        plain = ProtoHead(self.distance).fit(support, support_labels, way)  # checks; class sums, counts
+        if self.lam == 0.0:
+            return plain
         if not support.is_floating_point():
             support = support.float()
         y = one_hot(support_labels, way, support.dtype)                       # [E, S, way]
-        counts = y.sum(1)                                                     # [E, way]
-        sums = y.transpose(1, 2) @ support                                    # [E, way, D]
-        if self.lam == 0.0:
-            return FittedProto(sums, counts, self.distance)
+        counts = plain.counts                                                 # [E, way]
         anchor = (y.transpose(1, 2) @ self.anchors(support)) / counts.clamp_min(1).unsqueeze(-1)
         present = (counts > 0).to(support.dtype)                              # an empty class stays empty
-        return FittedProto(sums + self.lam * anchor * present.unsqueeze(-1), counts + self.lam * present,
-                           self.distance)
+        sums = plain.sums + self.lam * anchor * present.unsqueeze(-1)
+        return FittedProto(sums, counts + self.lam * present, self.distance)
