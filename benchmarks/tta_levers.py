@@ -1,10 +1,11 @@
 """Eval-time levers on one checkpoint, chosen on dev val only: number of TTA views, augmentation
-strength, and heads on TTA features.
+strength, heads on TTA features, and inductive ways to use the views and the base classes.
 
 Embeds every image of the dev val set as ``--views`` seeded views (``fewshot.evaluation.tta.TTA.expand``, the
 views of ``fewshot eval``'s TTA) and keeps each view's unit embedding, then scores the same fixed
 episodes (``fewshot eval``'s: ``--way 20 --shot 1 --query 5 --episodes 600 --within-group --seed 0``)
-with:
+under the checkpoint's feature transform (``--transform`` overrides; applied to the views' mean as
+``fewshot eval`` does) with:
 
 - ``proto@k``: prototypes on the mean of the first k views (k = 1 is the plain figure; a prefix
   of k of the V seeded views is a draw of k views like ``--tta k``'s own);
@@ -31,6 +32,7 @@ import episodes
 from episodes.protocols import get_protocol
 from episodes.sampling import EpisodeSpec, sample_episodes
 from fewshot.evaluation.evaluate import build_heads, score_episodes
+from fewshot.evaluation.features import checkpoint_transform, embed, transform
 from fewshot.evaluation.inference import inference_model
 from fewshot.evaluation.stats import mean_ci
 from fewshot.evaluation.tta import override_tta, parse_tta_args, resolve_tta
@@ -53,6 +55,70 @@ def view_features(model, data, pre, tta, batch_size: int) -> torch.Tensor:
     return torch.cat(out)
 
 
+def dihedral(x: torch.Tensor, g: int) -> torch.Tensor:
+    """Symmetry ``g`` (0-7) of the square of a batch ``[N, C, H, W]``: rotation by 90 * (g % 4), then
+    a mirror image for g >= 4."""
+    y = torch.rot90(x, g % 4, dims=(2, 3))
+    return (y.flip(3) if g >= 4 else y).contiguous()
+
+
+def prototype_accuracy(feats: torch.Tensor, eps, score: str = "cos") -> torch.Tensor:
+    """Per-episode accuracy of prototypes (1-shot: the support rows) by cosine or euclidean distance."""
+    s, sy, q, qy = eps.gather(feats)
+    onehot = F.one_hot(sy, eps.spec.way).to(s.dtype)
+    protos = onehot.transpose(1, 2) @ s / onehot.sum(1).unsqueeze(-1)
+    logits = q @ F.normalize(protos, dim=-1).transpose(1, 2) if score == "cos" else -torch.cdist(q, protos)
+    return (logits.argmax(-1) == qy).double().mean(1)
+
+
+def subspace_accuracy(views: torch.Tensor, eps, k: int, chunk: int = 25) -> torch.Tensor:
+    """Tangent distance: query (unit mean of its views) to each support image's k-dim view subspace."""
+    q_all = F.normalize(views.mean(1), dim=-1)
+    centre = views.mean(1)
+    basis = torch.linalg.svd(views - centre.unsqueeze(1), full_matrices=False).Vh[:, :k]   # [N, k, D]
+    s_idx, q_idx = eps.support.reshape(len(eps), -1), eps.query.reshape(len(eps), -1)
+    sy, qy = eps.labels()
+    accs = []
+    for start in range(0, len(eps), chunk):
+        si, qi = s_idx[start:start + chunk], q_idx[start:start + chunk]
+        diff = q_all[qi].unsqueeze(2) - centre[si].unsqueeze(1)                       # [e, Q, S, D]
+        along = torch.einsum("eqsd,eskd->eqsk", diff, basis[si])
+        dist = diff.pow(2).sum(-1) - along.pow(2).sum(-1)
+        pred = sy[start:start + chunk].gather(1, dist.argmin(-1))
+        accs.append((pred == qy[start:start + chunk]).double().mean(1))
+    return torch.cat(accs)
+
+
+def whitened(feats: torch.Tensor, base: torch.Tensor, base_labels: torch.Tensor,
+             shrink: float) -> torch.Tensor:
+    """``feats`` whitened by the base classes' within-class covariance (shrunk toward its mean
+    eigenvalue by ``shrink``), unit length."""
+    onehot = F.one_hot(base_labels).to(base.dtype)
+    means = onehot.T @ base / onehot.sum(0).unsqueeze(1)
+    within = base - means[base_labels]
+    evals, evecs = torch.linalg.eigh(within.T @ within / (len(base) - means.shape[0]))
+    scale = (shrink * evals.mean() + (1 - shrink) * evals.clamp_min(0)).rsqrt()
+    return F.normalize(feats @ evecs * scale, dim=-1)
+
+
+def transductive_accuracy(feats: torch.Tensor, eps, temperature: float, balanced: bool,
+                          iterations: int = 3) -> torch.Tensor:
+    """Prototypes refined with the episode's queries (soft k-means; ``balanced``: Sinkhorn-balanced
+    assignments, every class Q / way queries). Reference only: not an inductive figure."""
+    s, sy, q, qy = eps.gather(feats)
+    onehot = F.one_hot(sy, eps.spec.way).to(s.dtype)
+    sums, counts = onehot.transpose(1, 2) @ s, onehot.sum(1).unsqueeze(-1)
+    protos = F.normalize(sums / counts, dim=-1)
+    for _ in range(iterations):
+        w = torch.softmax(temperature * q @ protos.transpose(1, 2), -1)                # [E, Q, way]
+        if balanced:
+            for _ in range(50):
+                w = w / w.sum(1, keepdim=True) * (q.shape[1] / eps.spec.way)
+                w = w / w.sum(2, keepdim=True)
+        protos = F.normalize((sums + w.transpose(1, 2) @ q) / (counts + w.sum(1).unsqueeze(-1)), dim=-1)
+    return ((q @ protos.transpose(1, 2)).argmax(-1) == qy).double().mean(1)
+
+
 def show(name: str, acc) -> None:
     m, ci = mean_ci(acc)
     print(f"  {name:<22} {100 * m:6.2f} ± {100 * ci:.2f}", flush=True)
@@ -67,14 +133,22 @@ def main() -> None:
     ap.add_argument("--episodes", type=int, default=600)
     ap.add_argument("--ls-views", type=int, default=8, help="views per support image for ls-views (0: skip)")
     ap.add_argument("--batch-size", type=int, default=512)
+    ap.add_argument("--transform", default=None, help="feature transform (default: the checkpoint's)")
+    ap.add_argument("--subspace", action="store_true", help="tangent distance to the support views' subspace")
+    ap.add_argument("--base", default=None, help="base data (the training set) for the whitening lever")
+    ap.add_argument("--dihedral", action="store_true", help="ensemble of the 8 symmetries (8 passes)")
+    ap.add_argument("--transductive", action="store_true", help="query-refined prototypes (reference only)")
+    ap.add_argument("--with", dest="others", action="append", default=[], metavar="CKPT",
+                    help="another checkpoint whose features are concatenated (ensemble)")
     args = ap.parse_args()
     model, info = load_encoder(args.checkpoint)
     pre = info["preprocess"]
+    kind = args.transform or checkpoint_transform(info, "cosine")
     tta = override_tta(resolve_tta(info), args.views, parse_tta_args(args.tta_arg))
     data = episodes.load_data(args.data, None, image_size=pre.image_size[0], channels=pre.channels)
     eps = sample_episodes(data, EpisodeSpec(20, 1, 5), args.episodes, seed=0, within_group=True)
     print(f"{data.describe()}\n{args.episodes} episodes 20-way 1-shot within-alphabet, 5 queries; "
-          f"TTA {tta.describe()}", flush=True)
+          f"TTA {tta.describe()}; transform {kind}", flush=True)
     t0 = time.perf_counter()
     views = view_features(model, data, pre, tta, args.batch_size)
     print(f"  embedded {views.shape[0]} x {views.shape[1]} views in {time.perf_counter() - t0:.0f} s",
@@ -82,9 +156,9 @@ def main() -> None:
     proto = build_heads("proto", "cosine")
     ks = sorted({k for k in (1, 2, 4, 8, 16, 32, 64, 128, 256) if k <= tta.views} | {tta.views})
     for k in ks:
-        feats = F.normalize(views[:, :k].float().mean(1), dim=-1)
+        feats = transform(views[:, :k].float().mean(1), kind)
         show(f"proto@{k}", score_episodes(feats, eps, proto)["proto"])
-    feats = F.normalize(views.float().mean(1), dim=-1)
+    feats = transform(views.float().mean(1), kind)
     heads = build_heads("nn,ls", "cosine")
     for name, acc in score_episodes(feats, eps, heads).items():
         show(f"{name}@{tta.views}", acc)
@@ -111,6 +185,39 @@ def main() -> None:
             logits = ls.fit(support, labels, 20)(q[start:start + 25])
             accs += (logits.argmax(-1) == qy[start:start + 25]).float().mean(1).tolist()
         show(f"ls-views ({k} per image)", torch.tensor(accs).numpy())
+    if args.subspace:
+        per_view = transform(views.float(), kind)
+        show("per-view (k = 0)", prototype_accuracy(F.normalize(per_view.mean(1), dim=-1), eps).numpy())
+        for k in (1, 2, 4, 8, 16):
+            show(f"subspace-{k}", subspace_accuracy(per_view, eps, k).numpy())
+    if args.base:
+        base = episodes.load_data(args.base, None, image_size=pre.image_size[0], channels=pre.channels)
+        t0 = time.perf_counter()
+        base_feats = transform(embed(model, base, pre, progress=False, tta=tta), kind)
+        print(f"  base: {base.describe()} embedded in {time.perf_counter() - t0:.0f} s", flush=True)
+        for shrink in (0.1, 0.5, 0.9):
+            show(f"whiten (shrink {shrink})",
+                 prototype_accuracy(whitened(feats, base_feats, base.labels, shrink), eps).numpy())
+    if args.dihedral:
+        parts = []
+        for g in range(8):
+            turned = embed(model, dihedral(data.images, g), pre, progress=False, tta=tta)
+            parts.append(transform(turned, kind))
+            show(f"symmetry {g} alone", prototype_accuracy(parts[-1], eps).numpy())
+        show("dihedral (8 concatenated)", prototype_accuracy(torch.cat(parts, 1), eps).numpy())
+    if args.others:
+        parts = [feats]
+        for path in args.others:
+            other, other_info = load_encoder(path)
+            parts.append(transform(embed(other, data, other_info["preprocess"], progress=False, tta=tta),
+                                   checkpoint_transform(other_info, "cosine")))
+            name = f"{Path(path).parent.name}/{Path(path).name}"
+            show(f"{name} alone", prototype_accuracy(parts[-1], eps).numpy())
+        show(f"ensemble of {len(parts)}", prototype_accuracy(torch.cat(parts, 1), eps).numpy())
+    if args.transductive:
+        for temperature, balanced in ((20.0, False), (40.0, True)):
+            name = f"transductive {'sinkhorn' if balanced else 'soft k-means'} T={temperature:g}"
+            show(name + " [reference]", transductive_accuracy(feats, eps, temperature, balanced).numpy())
 
 
 if __name__ == "__main__":
