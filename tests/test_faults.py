@@ -94,12 +94,14 @@ def _after(monkeypatch, point: str, call: int, action):
         monkeypatch.setattr(torch.Tensor, "backward", wrap(torch.Tensor.backward))
     elif point == "inside-optimizer":  # the update applied, the step's post-hooks not yet run
         import torch.optim.sgd as sgd
-        original = sgd._multi_tensor_sgd
 
-        def inside(*args, **kw):
-            original(*args, **kw)
-            hit()
-        monkeypatch.setattr(sgd, "_multi_tensor_sgd", inside)
+        def inside(original):
+            def update(*args, **kw):
+                original(*args, **kw)
+                hit()
+            return update
+        for kernel in ("_fused_sgd", "_multi_tensor_sgd"):   # the trainer's (fused on the CPU) or foreach
+            monkeypatch.setattr(sgd, kernel, inside(getattr(sgd, kernel)))
     elif point == "optimizer":
         from torch.optim.optimizer import register_optimizer_step_post_hook
         return register_optimizer_step_post_hook(lambda *a: hit())

@@ -15,7 +15,7 @@ from fewshot.models.preprocess import Preprocess
 from fewshot.training.augment import Augment
 from fewshot.training.classes import mirror_classes, rotate_classes, synthetic_classes
 from fewshot.training.config import RECIPES, TrainConfig, load_recipe
-from fewshot.training.trainer import train
+from fewshot.training.trainer import train, update_kernel
 
 _cfg = tiny_config
 
@@ -89,6 +89,24 @@ def test_resume_at_epoch_boundary_equals_uninterrupted(tmp_path, monkeypatch):
     res = train(_cfg(sampler="random", resume="auto"), data, val, tmp_path / "cut", progress=False)
     a, b = _weights(full.last_path), _weights(res.last_path)
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_update_kernel_fused_on_cpu_foreach_where_torch_has_no_fused_kernel():
+    cpu = [{"params": [torch.nn.Parameter(torch.zeros(3))]}]
+    meta = [{"params": [torch.nn.Parameter(torch.zeros(3, device="meta"))]}]
+    assert update_kernel(cpu) == {"fused": True}
+    assert update_kernel(meta) == {"foreach": True}
+    # the fused update is the foreach one to the bit (what keeps earlier runs reproducible)
+    weights = {}
+    for kernel in ({"fused": True}, {"foreach": True}):
+        torch.manual_seed(0)
+        w = torch.nn.Parameter(torch.randn(257, 33))
+        opt = torch.optim.SGD([w], lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4, **kernel)
+        for step in range(5):
+            w.grad = torch.randn(257, 33, generator=torch.Generator().manual_seed(step))
+            opt.step()
+        weights[next(iter(kernel))] = w.detach()
+    assert torch.equal(weights["fused"], weights["foreach"])
 
 
 def test_resume_refuses_other_encoder_or_class_count(tmp_path):
