@@ -62,12 +62,12 @@ def dihedral(x: torch.Tensor, g: int) -> torch.Tensor:
     return (y.flip(3) if g >= 4 else y).contiguous()
 
 
-def prototype_accuracy(feats: torch.Tensor, eps, score: str = "cos") -> torch.Tensor:
-    """Per-episode accuracy of prototypes (1-shot: the support rows) by cosine or euclidean distance."""
+def prototype_accuracy(feats: torch.Tensor, eps) -> torch.Tensor:
+    """Per-episode accuracy of cosine prototypes (1-shot: the support rows)."""
     s, sy, q, qy = eps.gather(feats)
     onehot = F.one_hot(sy, eps.spec.way).to(s.dtype)
     protos = onehot.transpose(1, 2) @ s / onehot.sum(1).unsqueeze(-1)
-    logits = q @ F.normalize(protos, dim=-1).transpose(1, 2) if score == "cos" else -torch.cdist(q, protos)
+    logits = q @ F.normalize(protos, dim=-1).transpose(1, 2)
     return (logits.argmax(-1) == qy).double().mean(1)
 
 
