@@ -37,6 +37,7 @@ from fewshot.evaluation.inference import inference_model
 from fewshot.evaluation.stats import mean_ci
 from fewshot.evaluation.tta import override_tta, parse_tta_args, resolve_tta
 from fewshot.models.checkpoint import load_encoder
+from fewshot.training.objectives import episode_accuracy
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "omniglot"
 DEFAULT = get_protocol("omniglot-minimal").at(DATA).val.spec   # small2's katakana + Sanskrit (dev val)
@@ -60,15 +61,6 @@ def dihedral(x: torch.Tensor, g: int) -> torch.Tensor:
     a mirror image for g >= 4."""
     y = torch.rot90(x, g % 4, dims=(2, 3))
     return (y.flip(3) if g >= 4 else y).contiguous()
-
-
-def prototype_accuracy(feats: torch.Tensor, eps) -> torch.Tensor:
-    """Per-episode accuracy of cosine prototypes (1-shot: the support rows)."""
-    s, sy, q, qy = eps.gather(feats)
-    onehot = F.one_hot(sy, eps.spec.way).to(s.dtype)
-    protos = onehot.transpose(1, 2) @ s / onehot.sum(1).unsqueeze(-1)
-    logits = q @ F.normalize(protos, dim=-1).transpose(1, 2)
-    return (logits.argmax(-1) == qy).double().mean(1)
 
 
 def subspace_accuracy(views: torch.Tensor, eps, k: int, chunk: int = 25) -> torch.Tensor:
@@ -136,7 +128,7 @@ def main() -> None:
     ap.add_argument("--transform", default=None, help="feature transform (default: the checkpoint's)")
     ap.add_argument("--subspace", action="store_true", help="tangent distance to the support views' subspace")
     ap.add_argument("--base", default=None, help="base data (the training set) for the whitening lever")
-    ap.add_argument("--dihedral", action="store_true", help="ensemble of the 8 symmetries (8 passes)")
+    ap.add_argument("--dihedral", action="store_true", help="ensemble of the 8 symmetries (7 more passes)")
     ap.add_argument("--transductive", action="store_true", help="query-refined prototypes (reference only)")
     ap.add_argument("--with", dest="others", action="append", default=[], metavar="CKPT",
                     help="another checkpoint whose features are concatenated (ensemble)")
@@ -187,7 +179,7 @@ def main() -> None:
         show(f"ls-views ({k} per image)", torch.tensor(accs).numpy())
     if args.subspace:
         per_view = transform(views.float(), kind)
-        show("per-view (k = 0)", prototype_accuracy(F.normalize(per_view.mean(1), dim=-1), eps).numpy())
+        show("per-view (k = 0)", episode_accuracy(per_view.mean(1), eps).numpy())
         for k in (1, 2, 4, 8, 16):
             show(f"subspace-{k}", subspace_accuracy(per_view, eps, k).numpy())
     if args.base:
@@ -197,14 +189,14 @@ def main() -> None:
         print(f"  base: {base.describe()} embedded in {time.perf_counter() - t0:.0f} s", flush=True)
         for shrink in (0.1, 0.5, 0.9):
             show(f"whiten (shrink {shrink})",
-                 prototype_accuracy(whitened(feats, base_feats, base.labels, shrink), eps).numpy())
+                 episode_accuracy(whitened(feats, base_feats, base.labels, shrink), eps).numpy())
     if args.dihedral:
-        parts = []
-        for g in range(8):
+        parts = [feats]   # symmetry 0: the image itself, embedded above
+        for g in range(1, 8):
             turned = embed(model, dihedral(data.images, g), pre, progress=False, tta=tta)
             parts.append(transform(turned, kind))
-            show(f"symmetry {g} alone", prototype_accuracy(parts[-1], eps).numpy())
-        show("dihedral (8 concatenated)", prototype_accuracy(torch.cat(parts, 1), eps).numpy())
+            show(f"symmetry {g} alone", episode_accuracy(parts[-1], eps).numpy())
+        show("dihedral (8 concatenated)", episode_accuracy(torch.cat(parts, 1), eps).numpy())
     if args.others:
         parts = [feats]
         for path in args.others:
@@ -212,8 +204,8 @@ def main() -> None:
             parts.append(transform(embed(other, data, other_info["preprocess"], progress=False, tta=tta),
                                    checkpoint_transform(other_info, "cosine")))
             name = f"{Path(path).parent.name}/{Path(path).name}"
-            show(f"{name} alone", prototype_accuracy(parts[-1], eps).numpy())
-        show(f"ensemble of {len(parts)}", prototype_accuracy(torch.cat(parts, 1), eps).numpy())
+            show(f"{name} alone", episode_accuracy(parts[-1], eps).numpy())
+        show(f"ensemble of {len(parts)}", episode_accuracy(torch.cat(parts, 1), eps).numpy())
     if args.transductive:
         for temperature, balanced in ((20.0, False), (40.0, True)):
             name = f"transductive {'sinkhorn' if balanced else 'soft k-means'} T={temperature:g}"

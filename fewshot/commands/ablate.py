@@ -19,6 +19,7 @@ FACTOR_FLAGS = {  # flag -> (factor, type of one level)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from fewshot.evaluation.features import TRANSFORMS
     from fewshot.models.encoders import ENCODERS
     from fewshot.models.losses import LOSSES, MINERS
     from fewshot.registry import choices_help
@@ -49,7 +50,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     f.add_argument("--batch-size", help="batch sizes (metric mode)")
     f.add_argument("--heads", "--head", dest="heads", help="proto, nn, ls, ls-mlp, logreg")
     f.add_argument("--shot", "--shots", dest="shot", help="shots, e.g. 1,5,10,20")
-    f.add_argument("--transform", help="default, none, l2, cl2n, pt")
+    f.add_argument("--transform", help=f"default (the checkpoint's), {choices_help(TRANSFORMS)}")
     o = p.add_argument_group("fixed settings")
     o.add_argument("--recipe", default=None, help="training recipe the metric cells start from")
     o.add_argument("--set", action="append", default=[], metavar="K=V",

@@ -50,7 +50,7 @@ TRAIN_FACTORS: dict[str, str] = {
 EVAL_FACTORS: dict[str, str] = {
     "head": "few-shot head (proto, nn, ls, ls-mlp, logreg, or 'name:key=value')",
     "shot": "support images per class",
-    "transform": "feature transform before the head (default = the checkpoint's, none, l2, cl2n, pt)",
+    "transform": f"feature transform before the head (default = the checkpoint's, {', '.join(TRANSFORMS)})",
 }
 FACTORS = {**TRAIN_FACTORS, **EVAL_FACTORS}
 METRIC_ONLY = ("loss", "miner", "weights", "m", "batch_size")
