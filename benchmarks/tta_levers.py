@@ -137,7 +137,8 @@ def main() -> None:
     pre = info["preprocess"]
     kind = args.transform or checkpoint_transform(info, "cosine")
     tta = override_tta(resolve_tta(info), args.views, parse_tta_args(args.tta_arg))
-    data = episodes.load_data(args.data, None, image_size=pre.image_size[0], channels=pre.channels)
+    size = None if pre.frame is not None else pre.image_size[0]   # framing reads full-size drawings
+    data = episodes.load_data(args.data, None, image_size=size, channels=pre.channels)
     eps = sample_episodes(data, EpisodeSpec(20, 1, 5), args.episodes, seed=0, within_group=True)
     print(f"{data.describe()}\n{args.episodes} episodes 20-way 1-shot within-alphabet, 5 queries; "
           f"TTA {tta.describe()}; transform {kind}", flush=True)
@@ -183,7 +184,7 @@ def main() -> None:
         for k in (1, 2, 4, 8, 16):
             show(f"subspace-{k}", subspace_accuracy(per_view, eps, k).numpy())
     if args.base:
-        base = episodes.load_data(args.base, None, image_size=pre.image_size[0], channels=pre.channels)
+        base = episodes.load_data(args.base, None, image_size=size, channels=pre.channels)
         t0 = time.perf_counter()
         base_feats = transform(embed(model, base, pre, progress=False, tta=tta), kind)
         print(f"  base: {base.describe()} embedded in {time.perf_counter() - t0:.0f} s", flush=True)

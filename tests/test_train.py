@@ -256,20 +256,36 @@ def test_validation_tta_is_seeded_and_reported_beside_the_plain_figure(tmp_path)
 
 
 def test_omniglot_recipe_runs_on_real_omniglot(omniglot_dir, tmp_path):
-    """The shipped Omniglot recipe end to end on real data (rotation + mirror classes, per-block
-    widths, TTA validation), shortened: one small1 alphabet, one epoch, one small2 alphabet."""
+    """The shipped Omniglot recipe end to end on real data (ink framing, rotation + mirror classes,
+    per-block widths, TTA validation), shortened: one small1 alphabet, one epoch, one small2
+    alphabet. The run frames the 105x105 drawings, records the framing, and evaluation's code path
+    (``embed`` with the checkpoint's preprocessing on full-size drawings) reproduces its figure."""
+    from episodes import EpisodeSpec, load_data, sample_episodes
+    from fewshot.evaluation.features import transform
+    from fewshot.training.objectives import episode_accuracy
+
     out = tmp_path / "omni"
+    val_spec = f"omniglot:{omniglot_dir}/images_background_small2.zip?groups=Sanskrit"
     code = main(["train", "--data", f"omniglot:{omniglot_dir}/images_background_small1.zip?groups=Latin",
                  "--recipe", "omniglot", "--epochs", "1", "--val-episodes", "20", "--quiet",
-                 "--val", f"omniglot:{omniglot_dir}/images_background_small2.zip?groups=Sanskrit",
-                 "--out", str(out)])
+                 "--val", val_spec, "--out", str(out)])
     assert code == 0
     resolved = json.loads((out / "config.json").read_text())["resolved"]
     assert resolved["num_classes"] == 8 * 26                          # 26 Latin letters x 8 symmetries
     row = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
     assert row["val_20w1s"] > 0.1 and row["val_20w1s_plain"] > 0.1    # chance is 0.05
-    model, _ = load_encoder(out / "best.pt")
+    model, info = load_encoder(out / "best.pt")
     assert model.embedding_dim == 3 * 3 * 256
+    pre = info["preprocess"]
+    assert pre.frame == 0.8 and pre.image_size == (28, 28)
+    val = load_data(val_spec, None)
+    assert val.image_size == (105, 105)                                # evaluation reads full size
+    eps = sample_episodes(val, EpisodeSpec(20, 1, 5), 20, seed=0, within_group=True, drop_small=True)
+    feats = transform(embed(model, val, pre, batch_size=512, progress=False), info["transform"])
+    assert float(episode_accuracy(feats, eps).mean()) == pytest.approx(row["val_20w1s_plain"], abs=1e-6)
+    unframed = Preprocess(28, 1, pre.mean, pre.std)                   # the same encoder, unframed input
+    assert not torch.allclose(feats, transform(embed(model, val, unframed, batch_size=512, progress=False),
+                                               info["transform"]), atol=1e-3)
 
 
 def test_train_without_a_folder_writes_a_temporary_one_that_the_result_names(tmp_path, monkeypatch):

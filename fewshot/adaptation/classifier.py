@@ -161,11 +161,13 @@ class FewShotClassifier(nn.Module):
         self._int8: nn.Module | None = None
 
     # ------------------------------------------------------------- int8
-    def quantize(self, calibration: torch.Tensor, max_images: int = 64) -> FewShotClassifier:
+    def quantize(self, calibration: torch.Tensor, max_images: int = 64, *,
+                 prepared: bool = False) -> FewShotClassifier:
         """Use a static int8 encoder (CPU, :func:`fewshot.evaluation.inference.quantize_int8`) for prediction,
         calibrated on up to ``max_images`` uint8 images (``adapt(..., int8=True)`` uses the support
         set). Opt-in: predictions can differ from float32 on borderline images; ``save`` keeps the
-        calibration images so a loaded classifier is quantised the same way. Returns ``self``."""
+        calibration images so a loaded classifier is quantised the same way (``prepared``: images that
+        file stores, already at the encoder's size and framed). Returns ``self``."""
         from fewshot.evaluation.inference import quantize_int8
 
         if self._device().type != "cpu":
@@ -175,9 +177,10 @@ class FewShotClassifier(nn.Module):
             raise FewShotError("int8 calibration images must be uint8 [N, C, H, W]")
         step = max(1, calibration.shape[0] // max_images)
         calibration = calibration[::step][:max_images].cpu()
-        # kept at the encoder's size and channels (what the file stores), as uint8
-        calibration = (self.preprocess.to_unit(calibration) * 255).round().to(torch.uint8).contiguous()
-        self._int8 = quantize_int8(self.encoder, self.preprocess(calibration))
+        # kept at the encoder's size and channels, framed (what the file stores, ``prepared``), as uint8
+        if not prepared:
+            calibration = self.preprocess.prepare(calibration).contiguous()
+        self._int8 = quantize_int8(self.encoder, self.preprocess.prepared()(calibration))
         self.int8_calibration = calibration
         return self
 
@@ -415,7 +418,7 @@ def load_classifier(path: str | os.PathLike, *, device: str = "cpu") -> FewShotC
                                 source=payload["encoder"],
                                 tta=None if payload.get("tta") is None else TTA.from_dict(payload["tta"]))
         if payload.get("int8_calibration") is not None:
-            clf.quantize(payload["int8_calibration"])
+            clf.quantize(payload["int8_calibration"], prepared=True)
     except FewShotError as exc:
         if exc.path is None:
             raise FewShotError(exc.cause, path) from None

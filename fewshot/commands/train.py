@@ -38,6 +38,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     m.add_argument("--embedding-dim", type=int, default=None, help="project features to this size")
     m.add_argument("--image-size", type=int, default=None, help="train at this square size")
     m.add_argument("--channels", type=int, choices=(1, 3), default=None)
+    m.add_argument("--frame", type=float, default=None, metavar="FILL",
+                   help="drawings: crop each image to its ink's box, which fills FILL of the side "
+                        "(e.g. 0.8), then resize; recorded in the checkpoint, so evaluation frames "
+                        "the same way")
     m.add_argument("--download", action="store_true", default=None,
                    help="download ImageNet weights for torchvision ResNets")
     o = p.add_argument_group("objective")
@@ -98,6 +102,7 @@ def build_config(args: argparse.Namespace):
     overrides = {
         "data": args.data, "split": args.split, "val": args.val, "out": args.out,
         "encoder": args.encoder, "embedding_dim": args.embedding_dim, "image_size": args.image_size,
+        "frame": args.frame,
         "channels": args.channels, "download": args.download, "objective": args.objective, "loss": args.loss,
         "miner": args.miner, "distance": args.distance, "w_metric": args.w_metric, "w_ce": args.w_ce,
         "label_smoothing": args.label_smoothing, "sampler": args.sampler, "m": args.m,

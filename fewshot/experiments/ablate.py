@@ -60,7 +60,8 @@ def load_grid_data(grid: Grid):
 
     fixed = {**load_recipe_safe(grid.recipe), **grid.train}
     train_data = None if "checkpoint" in grid.factors else load_data(
-        grid.data, grid.split, image_size=fixed.get("image_size"), channels=fixed.get("channels"))
+        grid.data, grid.split, channels=fixed.get("channels"),  # framing reads full-size drawings
+        image_size=fixed.get("image_size") if fixed.get("frame") is None else None)
     sets = {s.name: load_data(s.data, s.split) for s in grid.eval_sets}
     return train_data, sets
 

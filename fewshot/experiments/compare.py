@@ -168,8 +168,8 @@ def compare(config: CompareConfig | None = None, *, progress: bool = True) -> Co
     check_config(train_cfg)  # names and sizes fail before any data is loaded
     # ---------------------------------------------------------------- data
     t0 = time.perf_counter()
-    base = episodes.load_data(cfg.data, cfg.split, image_size=train_cfg.image_size,
-                              channels=train_cfg.channels)
+    base = episodes.load_data(cfg.data, cfg.split, channels=train_cfg.channels,  # framing reads full size
+                              image_size=train_cfg.image_size if train_cfg.frame is None else None)
     _say(f"base classes {base.describe()}", progress)
     val = None
     try:

@@ -65,6 +65,7 @@ class TrainConfig:
     embedding_dim: int | None = None
     image_size: int | None = None
     channels: int | None = None
+    frame: float | None = None   # drawings: crop to the ink's box (this share of the side), then resize
     download: bool = False
     # objective: metric (loss + miner + cross-entropy), or episodic protonet / r2d2
     objective: str = "metric"
@@ -213,6 +214,10 @@ def check_config(cfg: TrainConfig, world: int | None = None) -> None:
         raise FewShotError(f"seed must be a non-negative integer, got {cfg.seed}")
     if int(cfg.val_tta_every) < 0:
         raise FewShotError(f"val-tta-every must be >= 0 (0: only the last epoch), got {cfg.val_tta_every}")
+    if cfg.frame is not None and not 0 < cfg.frame <= 1:
+        raise FewShotError(f"frame must be in (0, 1] (the share of the side the ink fills), got {cfg.frame}")
+    if cfg.frame is not None and cfg.image_size is None:
+        raise FewShotError("frame needs image-size: the size the framed ink is resampled to")
     if cfg.lr <= 0 or cfg.weight_decay < 0 or cfg.w_metric < 0 or cfg.w_ce < 0:
         raise FewShotError("lr must be > 0; weight-decay, w-metric and w-ce must be >= 0")
     if cfg.w_metric == 0 and cfg.w_ce == 0:

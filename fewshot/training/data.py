@@ -17,6 +17,7 @@ import episodes
 from episodes import ImageSet
 from episodes.protocols import training_split, validation_spec
 from fewshot.errors import FewShotError
+from fewshot.models.preprocess import Preprocess
 from fewshot.training.classes import mirror_classes, rotate_classes, synthetic_classes
 from fewshot.training.config import TrainConfig
 
@@ -24,12 +25,14 @@ __all__ = ["TrainingSets", "load_training_data", "load_validation", "prepare_set
 
 
 def load_training_data(cfg: TrainConfig) -> ImageSet:
-    """The training set ``cfg.data`` names, at ``cfg.image_size`` / ``cfg.channels``; ``cfg.split``
-    is set to the split read (``base`` when the source has one)."""
+    """The training set ``cfg.data`` names, at ``cfg.image_size`` / ``cfg.channels`` (at its own
+    size when ``cfg.frame`` is set: the ink is framed from the full-size drawing, in
+    :func:`prepare_sets`); ``cfg.split`` is set to the split read (``base`` when the source has one)."""
     if not cfg.data:
         raise FewShotError("no training data: pass an ImageSet or set TrainConfig.data")
     cfg.split = training_split(cfg.data, cfg.split)
-    return episodes.load_data(cfg.data, cfg.split, image_size=cfg.image_size, channels=cfg.channels)
+    size = None if cfg.frame is not None else cfg.image_size
+    return episodes.load_data(cfg.data, cfg.split, image_size=size, channels=cfg.channels)
 
 
 def load_validation(cfg: TrainConfig, data: ImageSet, *, split: str | None = None,
@@ -81,10 +84,17 @@ class TrainingSets:
 
 def prepare_sets(cfg: TrainConfig, data: ImageSet, val: ImageSet | None,
                  say: Callable[[str], None] = lambda _: None) -> TrainingSets:
-    """Resize / convert ``data``, hold out ``cfg.val_fraction`` of its classes when ``val`` is None
-    (no validation when that is 0), and add rotated, mirrored and synthetic classes."""
-    if cfg.image_size is not None and data.image_size != (cfg.image_size, cfg.image_size):
-        data = data.resized(cfg.image_size)
+    """Resize (or frame, ``cfg.frame``) / convert ``data``, hold out ``cfg.val_fraction`` of its
+    classes when ``val`` is None (no validation when that is 0), and add rotated, mirrored and
+    synthetic classes.
+
+    With framing only the training images are framed here, once (:meth:`Preprocess.prepare`);
+    validation images keep their size and are framed as they are embedded, the way evaluation
+    frames novel images, so the run's figures are the ones ``fewshot eval`` reproduces.
+    """
+    size = cfg.image_size
+    if cfg.frame is None and size is not None and data.image_size != (size, size):
+        data = data.resized(size)
     if cfg.channels is not None:
         data = data.with_channels(cfg.channels)
     held_out = None
@@ -93,6 +103,10 @@ def prepare_sets(cfg: TrainConfig, data: ImageSet, val: ImageSet | None,
         held_out = list(val.class_names)
         say(f"held out {len(held_out)} of the base classes for validation (seed {cfg.seed}): "
             f"{', '.join(held_out[:8])}" + (f" and {len(held_out) - 8} more" if len(held_out) > 8 else ""))
+    if cfg.frame is not None:
+        framing = Preprocess(cfg.image_size, data.channels, frame=cfg.frame)
+        data = ImageSet(framing.prepare(data.images), data.labels, data.class_names, data.ids, data.groups,
+                        f"{data.name} (ink framed, {cfg.frame:g} of the side)")
     base = data
     if cfg.rotate_classes:
         data = rotate_classes(data)

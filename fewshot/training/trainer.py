@@ -149,7 +149,10 @@ class Trainer:
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
         data = sets.data
-        self.preprocess = Preprocess.fit(sets.real.images, channels=data.channels)  # real images only
+        # real images only; with framing they are framed already (prepare_sets), so the training
+        # steps and the base statistics use ``prepared``, validation frames its full-size images
+        self.preprocess = Preprocess.fit(sets.real.images, channels=data.channels, frame=cfg.frame)
+        self.train_preprocess = self.preprocess.prepared()
         enc = self.encoder
         self.model = build_encoder(
             enc if enc is not None else cfg.encoder, in_channels=data.channels, num_classes=data.num_classes,
@@ -324,7 +327,7 @@ class Trainer:
         self.cur["phase"] = "step"
         idx, target = batches.batch(step, self.rank, self.world)
         x = self.images[idx.to(self.images.device)].to(device, non_blocking=True)
-        x = self.preprocess.normalize(self.augment(self.preprocess.to_unit(x), self.gen))
+        x = self.train_preprocess.normalize(self.augment(self.train_preprocess.to_unit(x), self.gen))
         x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=self.amp or torch.bfloat16, enabled=self.amp is not None):
             emb, logits = self.run_model(x)
@@ -419,7 +422,7 @@ class Trainer:
         """``base_mean [D]`` (for centred-l2 features) and ``base_class_means`` (per feature
         transform, ``[C, D]``: what ``proto-dc`` calibrates toward) of the real base images."""
         base = self.sets.base
-        feats = embed(self.model, base.images, self.preprocess, device=self.device, batch_size=512,
+        feats = embed(self.model, base.images, self.train_preprocess, device=self.device, batch_size=512,
                       progress=False).cpu()
         return {"base_mean": feats.mean(0), "base_class_means": class_means(feats, base.labels)}
 

@@ -10,7 +10,7 @@ import torch
 
 from episodes import EpisodeSpec, ImageSet, sample_episodes
 from fewshot.errors import FewShotError
-from fewshot.evaluation.features import embed, transform
+from fewshot.evaluation.features import check_finite, embed, embed_tensor, transform
 from fewshot.evaluation.tta import TTA, tta_from_config
 from fewshot.training.config import TrainConfig
 
@@ -39,6 +39,25 @@ class Validation:
                                            seed=cfg.seed, within_group=cfg.val_within_group, drop_small=True)
                      for shot in cfg.val_shots}
         self.tta: TTA = tta_from_config(cfg.to_dict(), channels, distance)  # what the checkpoint records
+        self._framed: torch.Tensor | None = None
+
+    def _inputs(self, preprocess) -> tuple[torch.Tensor, object]:
+        """The validation images and the preprocessing to embed them with. An encoder that frames
+        its input (``preprocess.frame``) gets the images framed once, as floats in [0, 1]: the very
+        pixels evaluation's framing gives (each image is framed on its own), without redoing it at
+        every validation."""
+        if getattr(preprocess, "frame", None) is None:
+            return self.val.images, preprocess
+        if self._framed is None:
+            self._framed = torch.cat([preprocess.to_unit(self.val.images[s:s + 1024])
+                                      for s in range(0, len(self.val), 1024)])
+        return self._framed, preprocess.prepared()
+
+    def _embed(self, model, preprocess, device, tta: TTA | None = None) -> torch.Tensor:
+        images, prep = self._inputs(preprocess)
+        feats = embed_tensor(model, images, prep, device=device, batch_size=512, tta=tta)
+        check_finite(feats, self.val.name or None)
+        return feats
 
     def check_transform(self, model: torch.nn.Module, preprocess, device: torch.device) -> None:
         """Apply ``eval_transform`` to a few validation embeddings of ``model`` before training, so a
@@ -66,13 +85,12 @@ class Validation:
         plain figure is always kept (``..._plain``) and the TTA figure, the run's ``val_accuracy``,
         only when ``with_tta``."""
         cfg = self.cfg
-        plain = embed(model, self.val.images, preprocess, device=device, batch_size=512, progress=False)
+        plain = self._embed(model, preprocess, device)
         views = {"": plain.to(device)}
         if not self.tta.plain:
             views = {"_plain": views[""]}
             if with_tta:
-                views[""] = embed(model, self.val.images, preprocess, device=device, batch_size=512,
-                                  progress=False, tta=self.tta).to(device)
+                views[""] = self._embed(model, preprocess, device, self.tta).to(device)
         if cfg.eval_transform is not None:
             views = {k: transform(v, cfg.eval_transform) for k, v in views.items()}
         out = {}
