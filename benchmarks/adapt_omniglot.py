@@ -27,13 +27,13 @@ def train_checkpoint(args: argparse.Namespace, out: Path) -> Path:
     from fewshot.training.config import TrainConfig, load_recipe
     from fewshot.training.trainer import train
     base = get_protocol("omniglot-minimal").at(args.data).base   # small1
-    data = base.load(image_size=28)
     try:
         load_recipe(args.recipe)
         recipe = args.recipe
     except Exception:  # noqa: BLE001 - recipe not shipped (yet): the defaults with a conv4
         recipe = None
     cfg = TrainConfig.resolve(recipe, data=base.spec, epochs=args.epochs, device="cpu", seed=0, image_size=28)
+    data = base.load(image_size=None if cfg.frame is not None else 28)   # framing reads full-size drawings
     print(f"training on {data.describe()} (recipe {recipe or 'defaults'}, {cfg.epochs} epochs, "
           f"{cfg.encoder}, loss {cfg.loss})", flush=True)
     t0 = time.perf_counter()
