@@ -300,6 +300,8 @@ CASES = _output_cases() + [
     pytest.param(_manifest(_deep), None, id="manifest-nested-100000-deep"),
     pytest.param(_manifest(_overlap), None, id="manifest-query-repeats-support"),
     pytest.param(_model(_set_pre("image_size", [100_000, 100_000])), None, id="model-image-size-100000"),
+    pytest.param(_model(_set_pre("frame", 1.5)), None, id="model-frame-1.5"),
+    pytest.param(_model(_set_pre("frame", "ink")), None, id="model-frame-text"),
     pytest.param(_model(lambda p: p.update(temperature=0.0)), None, id="model-temperature-0"),
     pytest.param(_model(lambda p: p.update(temperature=float("nan"))), None, id="model-temperature-nan"),
     pytest.param(_model(lambda p: p.update(class_names=p["class_names"][:-1])), None,

@@ -5,6 +5,7 @@ training, validation and evaluation (the ``omniglot`` recipe end to end, with it
 import pytest
 import torch
 from _train_data import one_thread  # noqa: F401 (an autouse fixture)
+from adapt_fixtures import checkpoint, folders  # noqa: F401 - fixtures
 
 from fewshot.cli import main
 from fewshot.errors import FewShotError
@@ -80,3 +81,35 @@ def test_prepare_then_prepared_equals_framing_on_the_fly():
 def test_bad_frame_flag_is_one_line(tmp_path, capsys):
     code = main(["train", "--data", "glyphs", "--frame", "1.5", "--out", str(tmp_path / "r")])
     assert code == 2 and "frame must be in (0, 1]" in capsys.readouterr().err
+
+
+def test_frame_needs_an_image_size_and_a_framing_run_records_it(tmp_path):
+    from _train_data import digits_set, tiny_config
+
+    from fewshot.models.checkpoint import load_encoder
+    from fewshot.training.trainer import train
+
+    with pytest.raises(FewShotError, match="frame needs image-size"):
+        train(tiny_config(frame=0.8), digits_set(), None, tmp_path / "no-size", progress=False)
+    res = train(tiny_config(epochs=1, frame=0.8, image_size=16), digits_set(), None, tmp_path / "run",
+                progress=False)
+    assert load_encoder(res.best_path)[1]["preprocess"].frame == 0.8 and 0 <= res.val_accuracy <= 1
+
+
+def test_int8_classifier_of_a_framing_encoder_keeps_its_calibration_through_save_load(
+        checkpoint, folders, tmp_path):  # noqa: F811
+    """The file stores the calibration images framed; loading must not frame them a second time."""
+    from fewshot.adaptation.adapt import adapt
+    from fewshot.adaptation.classifier import load_classifier
+    from fewshot.models.checkpoint import load_checkpoint, save_checkpoint
+
+    ckpt = load_checkpoint(checkpoint)
+    framed = save_checkpoint(tmp_path / "framed.pt",
+                             {**ckpt, "preprocess": {**ckpt["preprocess"], "frame": 0.8}})
+    support, query = folders
+    paths = sorted(str(p) for p in query.rglob("*.png"))
+    clf = adapt(framed, support, head="proto", int8=True)
+    assert clf.preprocess.frame == 0.8 and clf.int8_calibration.shape[-2:] == (28, 28)
+    again = load_classifier(clf.save(tmp_path / "q.fewshot"))
+    assert torch.equal(again.int8_calibration, clf.int8_calibration)
+    assert again.predict(paths).labels == clf.predict(paths).labels

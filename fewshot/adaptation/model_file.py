@@ -121,8 +121,11 @@ def _check_tta(c: _Checker, record: Any) -> None:
 
 
 def _check_preprocess(c: _Checker, pre: Any) -> tuple[int, tuple[int, int]]:
-    if not isinstance(pre, dict) or set(pre) != {"image_size", "channels", "mean", "std"}:
-        c.fail("preprocess", "must hold image_size, channels, mean and std")
+    if not isinstance(pre, dict) or not {"image_size", "channels", "mean", "std"} <= set(pre) <= {
+            "image_size", "channels", "mean", "std", "frame"}:
+        c.fail("preprocess", "must hold image_size, channels, mean and std (and optionally frame)")
+    if "frame" in pre and not 0 < c.number("preprocess.frame", pre["frame"]) <= 1:
+        c.fail("preprocess.frame", f"must be in (0, 1], got {pre['frame']!r}")
     channels = pre["channels"]
     if channels not in (1, 3) or isinstance(channels, bool):
         c.fail("preprocess.channels", f"must be 1 or 3, got {channels!r}")

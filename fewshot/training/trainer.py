@@ -38,7 +38,7 @@ from fewshot.models.encoders import INIT_ONLY, build_encoder, check_input_size, 
 from fewshot.models.preprocess import Preprocess
 from fewshot.seeds import derive_seed
 from fewshot.training.augment import Augment
-from fewshot.training.config import TrainConfig, TrainResult, check_data, world_size
+from fewshot.training.config import TrainConfig, TrainResult, check_config, check_data, world_size
 from fewshot.training.data import check_validation, load_training_data, load_validation, prepare_sets
 from fewshot.training.episodic import EpisodicObjective
 from fewshot.training.faults import DeferredInterrupt, StepSnapshot
@@ -114,6 +114,7 @@ class Trainer:
     def fit(self, data: ImageSet | None = None, val: ImageSet | None = None,
             out_dir: str | os.PathLike | None = None) -> TrainResult:
         """Run the training; see :func:`train` for what ``data``, ``val`` and ``out_dir`` None mean."""
+        check_config(self.cfg, self.world)   # a bad setting fails before any data is loaded
         if data is None:
             data = load_training_data(self.cfg)
         if val is None and self.cfg.val:
