@@ -25,6 +25,7 @@ DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "omniglo
 
 def train_checkpoint(args: argparse.Namespace, out: Path) -> Path:
     from fewshot.training.config import TrainConfig, load_recipe
+    from fewshot.training.data import read_size
     from fewshot.training.trainer import train
     base = get_protocol("omniglot-minimal").at(args.data).base   # small1
     try:
@@ -33,7 +34,7 @@ def train_checkpoint(args: argparse.Namespace, out: Path) -> Path:
     except Exception:  # noqa: BLE001 - recipe not shipped (yet): the defaults with a conv4
         recipe = None
     cfg = TrainConfig.resolve(recipe, data=base.spec, epochs=args.epochs, device="cpu", seed=0, image_size=28)
-    data = base.load(image_size=None if cfg.frame is not None else 28)   # framing reads full-size drawings
+    data = base.load(image_size=read_size(28, cfg.frame))
     print(f"training on {data.describe()} (recipe {recipe or 'defaults'}, {cfg.epochs} epochs, "
           f"{cfg.encoder}, loss {cfg.loss})", flush=True)
     t0 = time.perf_counter()

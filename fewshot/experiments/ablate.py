@@ -57,11 +57,12 @@ def load_results(out_dir: str | os.PathLike) -> dict:
 def load_grid_data(grid: Grid):
     """Training set and evaluation sets of a grid (each loaded once)."""
     from episodes import load_data
+    from fewshot.training.data import read_size
 
     fixed = {**load_recipe_safe(grid.recipe), **grid.train}
     train_data = None if "checkpoint" in grid.factors else load_data(
-        grid.data, grid.split, channels=fixed.get("channels"),  # framing reads full-size drawings
-        image_size=fixed.get("image_size") if fixed.get("frame") is None else None)
+        grid.data, grid.split, image_size=read_size(fixed.get("image_size"), fixed.get("frame")),
+        channels=fixed.get("channels"))
     sets = {s.name: load_data(s.data, s.split) for s in grid.eval_sets}
     return train_data, sets
 

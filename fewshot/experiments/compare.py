@@ -154,6 +154,7 @@ def compare(config: CompareConfig | None = None, *, progress: bool = True) -> Co
     from fewshot.evaluation.report import write_report
     from fewshot.evaluation.tta import TTA, override_tta
     from fewshot.training.config import TrainConfig, check_config
+    from fewshot.training.data import read_size
     from fewshot.training.monitor import monitors, run_title
     from fewshot.training.trainer import train
 
@@ -168,8 +169,8 @@ def compare(config: CompareConfig | None = None, *, progress: bool = True) -> Co
     check_config(train_cfg)  # names and sizes fail before any data is loaded
     # ---------------------------------------------------------------- data
     t0 = time.perf_counter()
-    base = episodes.load_data(cfg.data, cfg.split, channels=train_cfg.channels,  # framing reads full size
-                              image_size=train_cfg.image_size if train_cfg.frame is None else None)
+    base = episodes.load_data(cfg.data, cfg.split, channels=train_cfg.channels,
+                              image_size=read_size(train_cfg.image_size, train_cfg.frame))
     _say(f"base classes {base.describe()}", progress)
     val = None
     try:

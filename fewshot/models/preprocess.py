@@ -119,12 +119,15 @@ class Preprocess:
                               align_corners=False).clamp_(0, 1)
         return x
 
-    def prepare(self, images: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
-        """uint8 ``[N, C, H, W]`` -> uint8 at ``image_size`` and ``channels``, framed: a training set
-        converted once, so the training steps skip the framing (feed it to :meth:`prepared`)."""
-        out = [(self.to_unit(images[s:s + batch_size]) * 255).round_().to(torch.uint8)
-               for s in range(0, images.shape[0], batch_size)]
-        return torch.cat(out) if out else images.new_empty((0, self.channels, *self.image_size))
+    def prepare(self, images: torch.Tensor, batch_size: int = 1024, *, uint8: bool = True) -> torch.Tensor:
+        """uint8 ``[N, C, H, W]`` -> uint8 at ``image_size`` and ``channels``, framed: a set converted
+        once, so its later passes skip the framing (feed it to :meth:`prepared`). ``uint8=False``
+        keeps the floats in [0, 1] of :meth:`to_unit`, to the bit what framing on the fly gives."""
+        out = [self.to_unit(images[s:s + batch_size]) for s in range(0, images.shape[0], batch_size)]
+        if uint8:
+            out = [(x * 255).round_().to(torch.uint8) for x in out]
+        return torch.cat(out) if out else images.new_empty((0, self.channels, *self.image_size),
+                                                           dtype=torch.uint8 if uint8 else torch.float32)
 
     def prepared(self) -> Preprocess:
         """The same preprocessing for images :meth:`prepare` already framed and sized (framing is

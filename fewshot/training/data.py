@@ -21,7 +21,14 @@ from fewshot.models.preprocess import Preprocess
 from fewshot.training.classes import mirror_classes, rotate_classes, synthetic_classes
 from fewshot.training.config import TrainConfig
 
-__all__ = ["TrainingSets", "load_training_data", "load_validation", "prepare_sets", "check_validation"]
+__all__ = ["TrainingSets", "read_size", "load_training_data", "load_validation", "prepare_sets",
+           "check_validation"]
+
+
+def read_size(image_size: int | None, frame: float | None) -> int | None:
+    """The size a training set is read at: its own when the run frames the ink (framing crops the
+    full-size drawing, :func:`prepare_sets`), else the run's ``image_size``."""
+    return None if frame is not None else image_size
 
 
 def load_training_data(cfg: TrainConfig) -> ImageSet:
@@ -31,8 +38,8 @@ def load_training_data(cfg: TrainConfig) -> ImageSet:
     if not cfg.data:
         raise FewShotError("no training data: pass an ImageSet or set TrainConfig.data")
     cfg.split = training_split(cfg.data, cfg.split)
-    size = None if cfg.frame is not None else cfg.image_size
-    return episodes.load_data(cfg.data, cfg.split, image_size=size, channels=cfg.channels)
+    return episodes.load_data(cfg.data, cfg.split, image_size=read_size(cfg.image_size, cfg.frame),
+                              channels=cfg.channels)
 
 
 def load_validation(cfg: TrainConfig, data: ImageSet, *, split: str | None = None,

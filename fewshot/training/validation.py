@@ -49,8 +49,7 @@ class Validation:
         if getattr(preprocess, "frame", None) is None:
             return self.val.images, preprocess
         if self._framed is None:
-            self._framed = torch.cat([preprocess.to_unit(self.val.images[s:s + 1024])
-                                      for s in range(0, len(self.val), 1024)])
+            self._framed = preprocess.prepare(self.val.images, uint8=False)
         return self._framed, preprocess.prepared()
 
     def _embed(self, model, preprocess, device, tta: TTA | None = None) -> torch.Tensor:
