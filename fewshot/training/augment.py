@@ -42,6 +42,9 @@ class Augment:
         flip: random horizontal flips (natural images; never for characters).
         elastic: strength of a smooth random displacement field (fraction of the side; 0 = off).
         brightness, contrast, saturation: colour-jitter strengths (RGB only; 0 = off).
+        erase: probability that an image has one random square of its pixels set to 0 (cutout,
+            DeVries & Taylor 2017; for drawings, part of the strokes gone), side 20-40% of the
+            image's (0 = off).
     """
 
     mode: str = "affine"
@@ -55,6 +58,7 @@ class Augment:
     brightness: float = 0.0
     contrast: float = 0.0
     saturation: float = 0.0
+    erase: float = 0.0
 
     def __post_init__(self) -> None:
         AUGMENT_MODES.get(self.mode)
@@ -62,6 +66,8 @@ class Augment:
         self.ratio = (float(self.ratio[0]), float(self.ratio[1]))
         if not 0 < self.scale[0] <= self.scale[1]:
             raise FewShotError(f"augmentation scale must be 0 < min <= max, got {self.scale}")
+        if not 0 <= self.erase <= 1:
+            raise FewShotError(f"augmentation erase is a probability in [0, 1], got {self.erase}")
 
     @classmethod
     def from_dict(cls, d: dict | None) -> Augment:
@@ -70,6 +76,8 @@ class Augment:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["scale"], d["ratio"] = list(self.scale), list(self.ratio)
+        if not d["erase"]:   # off: the record as before erase existed (configs, TTA records, caches)
+            del d["erase"]
         return d
 
     @property
@@ -83,7 +91,19 @@ class Augment:
             x = self._geometric(x, generator)
         if x.shape[1] == 3 and (self.brightness or self.contrast or self.saturation):
             x = self._jitter(x, generator)
+        if self.erase > 0:
+            x = self._erase(x, generator)
         return x
+
+    def _erase(self, x: torch.Tensor, g: torch.Generator | None) -> torch.Tensor:
+        b, _, h, w = x.shape
+        side = self._rand(b, x, g, 0.2, 0.4).view(b, 1, 1)
+        cy, cx = self._rand(b, x, g).view(b, 1, 1), self._rand(b, x, g).view(b, 1, 1)
+        on = (self._rand(b, x, g) < self.erase).view(b, 1, 1)
+        ys = (torch.arange(h, device=x.device, dtype=torch.float32) + 0.5).div(h).view(1, h, 1)
+        xs = (torch.arange(w, device=x.device, dtype=torch.float32) + 0.5).div(w).view(1, 1, w)
+        hole = ((ys - cy).abs() < side / 2) & ((xs - cx).abs() < side / 2) & on     # [B, H, W]
+        return x.masked_fill(hole.unsqueeze(1), 0.0)
 
     def _rand(self, n: int, x: torch.Tensor, g: torch.Generator | None, lo: float = 0.0,
               hi: float = 1.0) -> torch.Tensor:
