@@ -35,7 +35,7 @@ from fewshot.evaluation.evaluate import build_heads, score_episodes
 from fewshot.evaluation.features import checkpoint_transform, embed, transform
 from fewshot.evaluation.inference import inference_model
 from fewshot.evaluation.stats import mean_ci
-from fewshot.evaluation.tta import override_tta, parse_tta_args, resolve_tta
+from fewshot.evaluation.tta import dihedral, override_tta, parse_tta_args, resolve_tta
 from fewshot.models.checkpoint import load_encoder
 from fewshot.training.objectives import episode_accuracy
 
@@ -54,13 +54,6 @@ def view_features(model, data, pre, tta, batch_size: int) -> torch.Tensor:
             emb = F.normalize(fast(x).float(), dim=-1)
             out.append(emb.view(-1, tta.views, emb.shape[-1]).half())
     return torch.cat(out)
-
-
-def dihedral(x: torch.Tensor, g: int) -> torch.Tensor:
-    """Symmetry ``g`` (0-7) of the square of a batch ``[N, C, H, W]``: rotation by 90 * (g % 4), then
-    a mirror image for g >= 4."""
-    y = torch.rot90(x, g % 4, dims=(2, 3))
-    return (y.flip(3) if g >= 4 else y).contiguous()
 
 
 def subspace_accuracy(views: torch.Tensor, eps, k: int, chunk: int = 25) -> torch.Tensor:
@@ -194,7 +187,7 @@ def main() -> None:
     if args.dihedral:
         parts = [feats]   # symmetry 0: the image itself, embedded above
         for g in range(1, 8):
-            turned = embed(model, dihedral(data.images, g), pre, progress=False, tta=tta)
+            turned = embed(model, dihedral(data.images, g).contiguous(), pre, progress=False, tta=tta)
             parts.append(transform(turned, kind))
             show(f"symmetry {g} alone", episode_accuracy(parts[-1], eps).numpy())
         show("dihedral (8 concatenated)", episode_accuracy(torch.cat(parts, 1), eps).numpy())

@@ -9,7 +9,7 @@ from pytorch_metric_learning import losses
 from fewshot.cli import main
 from fewshot.errors import FewShotError
 from fewshot.evaluation.features import embed
-from fewshot.evaluation.tta import TTA
+from fewshot.evaluation.tta import TTA, checkpoint_tta
 from fewshot.models.checkpoint import load_checkpoint, load_encoder
 from fewshot.models.preprocess import Preprocess
 from fewshot.training.augment import Augment
@@ -198,6 +198,23 @@ def test_augment_seeded_batched_and_preprocess_roundtrip():
     assert out.shape == (2, 3, 8, 8) and Preprocess.from_dict(pre.to_dict()) == pre
 
 
+def test_erase_cuts_one_seeded_square_out_of_a_share_of_the_images():
+    x = torch.ones(400, 1, 20, 20)
+    geometric = Augment(degrees=10)
+    off = geometric(x, torch.Generator().manual_seed(1))
+    erased = Augment(degrees=10, erase=0.5)(x, torch.Generator().manual_seed(1))
+    # erase draws after the geometric pass: the same geometry, then holes in about half the images
+    holes = (off - erased).flatten(1).gt(0.5).float().mean(1)
+    assert torch.equal(erased, off.masked_fill((off - erased).abs() > 0, 0.0))
+    assert 0.4 < float((holes > 0).float().mean()) < 0.6
+    assert float(holes.max()) <= 0.17   # at most 40% of the side, squared
+    again = Augment(degrees=10, erase=0.5)(x, torch.Generator().manual_seed(1))
+    assert torch.equal(erased, again)
+    assert "erase" not in Augment().to_dict() and Augment(erase=0.2).to_dict()["erase"] == 0.2
+    with pytest.raises(FewShotError, match="erase is a probability"):
+        Augment(erase=1.5)
+
+
 def test_rotate_classes_quadruples_classes():
     data = digits_set(per_class=4)
     rot = rotate_classes(data)
@@ -257,9 +274,9 @@ def test_validation_tta_is_seeded_and_reported_beside_the_plain_figure(tmp_path)
 
 def test_omniglot_recipe_runs_on_real_omniglot(omniglot_dir, tmp_path):
     """The shipped Omniglot recipe end to end on real data (ink framing, rotation + mirror classes,
-    per-block widths, TTA validation), shortened: one small1 alphabet, one epoch, one small2
+    per-block widths, TTA validation with views and symmetries), shortened: one small1 alphabet, one epoch, one small2
     alphabet. The run frames the 105x105 drawings, records the framing, and evaluation's code path
-    (``embed`` with the checkpoint's preprocessing on full-size drawings) reproduces its figure."""
+    (``embed`` with the checkpoint's preprocessing on full-size drawings) reproduces its figures."""
     from episodes import EpisodeSpec, load_data, sample_episodes
     from fewshot.evaluation.features import transform
     from fewshot.training.objectives import episode_accuracy
@@ -283,6 +300,11 @@ def test_omniglot_recipe_runs_on_real_omniglot(omniglot_dir, tmp_path):
     eps = sample_episodes(val, EpisodeSpec(20, 1, 5), 20, seed=0, within_group=True, drop_small=True)
     feats = transform(embed(model, val, pre, batch_size=512, progress=False), info["transform"])
     assert float(episode_accuracy(feats, eps).mean()) == pytest.approx(row["val_20w1s_plain"], abs=1e-6)
+    tta = checkpoint_tta(info)                                         # the recipe's views and symmetries
+    assert (tta.views, tta.symmetries) == (32, 4)
+    views = transform(embed(model, val, pre, batch_size=512, progress=False, tta=tta), info["transform"],
+                      blocks=tta.symmetries)
+    assert float(episode_accuracy(views, eps).mean()) == pytest.approx(row["val_20w1s"], abs=1e-6)
     unframed = Preprocess(28, 1, pre.mean, pre.std)                   # the same encoder, unframed input
     assert not torch.allclose(feats, transform(embed(model, val, unframed, batch_size=512, progress=False),
                                                info["transform"]), atol=1e-3)

@@ -16,10 +16,10 @@ from episodes.protocols import EpisodeProtocol
 from fewshot.cli import main
 from fewshot.errors import FewShotError
 from fewshot.evaluation.evaluate import evaluate
-from fewshot.evaluation.features import embed
+from fewshot.evaluation.features import embed, transform
 from fewshot.evaluation.report import write_report
 from fewshot.evaluation.retrieval import retrieval_figures
-from fewshot.evaluation.tta import PHOTO_AUGMENT, TTA, checkpoint_tta, resolve_tta
+from fewshot.evaluation.tta import PHOTO_AUGMENT, TTA, checkpoint_tta, dihedral, resolve_tta
 from fewshot.models.checkpoint import save_checkpoint
 from fewshot.models.encoders import build_encoder, encoder_spec
 from fewshot.models.preprocess import Preprocess
@@ -101,6 +101,68 @@ def test_checkpoint_default_record_config_and_overrides():
     assert resolve_tta(old, None, {"mode": "crop"}).augment["scale"] == PHOTO_AUGMENT["scale"]
 
 
+# ------------------------------------------------------------------ symmetries
+def test_symmetries_concatenate_each_symmetry_embedded_with_the_same_views(digits):
+    model, pre, x = _model(), Preprocess(16, 1), digits.images[:12]
+    one = embed(model, x, pre, device="cpu", progress=False, tta=TTA(1, symmetries=8))
+    d = one.shape[1] // 8
+    assert one.shape == (12, 8 * d)
+    for g in range(8):  # 1 view: block g is the plain embedding of the turned / mirrored image
+        turned = embed(model, dihedral(x, g).contiguous(), pre, device="cpu", progress=False)
+        torch.testing.assert_close(one[:, g * d:(g + 1) * d], turned, atol=1e-5, rtol=1e-4)
+    tta = TTA(3, seed=4, symmetries=4)
+    many = embed(model, x, pre, device="cpu", progress=False, tta=tta, batch_size=7)
+    for j, g in enumerate((0, 1, 2, 3)):  # the same 3 seeded views of every symmetry
+        views = embed(model, dihedral(x, g).contiguous(), pre, device="cpu", progress=False, tta=TTA(3, seed=4))
+        torch.testing.assert_close(many[:, j * d:(j + 1) * d], views, atol=1e-5, rtol=1e-4)
+    assert torch.equal(dihedral(dihedral(x, 1), 3), x) and torch.equal(dihedral(dihedral(x, 4), 4), x)
+
+
+def test_block_transform_gives_the_mean_of_the_blocks_cosines():
+    a, b = torch.rand(5, 3 * 7), torch.rand(5, 3 * 7)
+    for kind in ("l2", "pt"):
+        fa, fb = transform(a, kind, blocks=3), transform(b, kind, blocks=3)
+        torch.testing.assert_close(fa.norm(dim=1), torch.ones(5))
+        blocks = [(transform(a[:, k * 7:(k + 1) * 7], kind) * transform(b[:, k * 7:(k + 1) * 7], kind)).sum(1)
+                  for k in range(3)]
+        torch.testing.assert_close((fa * fb).sum(1), torch.stack(blocks).mean(0))
+    assert torch.equal(transform(a, "none", blocks=3), a)
+    with pytest.raises(FewShotError, match="do not split into 4 blocks"):
+        transform(a, "l2", blocks=4)
+
+
+def test_symmetry_settings_records_and_checks():
+    assert "symmetries" not in TTA(4).to_dict()   # one symmetry: the record as before
+    record = TTA(4, symmetries=8).to_dict()
+    assert record["symmetries"] == 8 and TTA.from_dict(record).to_dict() == record
+    assert TTA(1, symmetries=2).passes == 2 and not TTA(1, symmetries=2).plain
+    assert "32 views" in TTA(32).describe() and TTA(32, symmetries=8).describe().endswith("x 8 symmetries")
+    for bad in (3, 0, True, "8"):
+        with pytest.raises(FewShotError, match="symmetries must be 1, 2, 4 or 8"):
+            TTA(2, symmetries=bad)
+    with pytest.raises(FewShotError, match="needs square images; these are 16x20"):
+        TTA(1, symmetries=4).expand(torch.rand(2, 1, 16, 20))
+    assert TTA(1, symmetries=2).expand(torch.rand(2, 1, 16, 20)).shape == (4, 1, 16, 20)  # mirror: any shape
+    cfg = {"val_tta": 8, "val_tta_symmetries": 8, "seed": 0}
+    assert checkpoint_tta({"preprocess": Preprocess(16, 1), "config": cfg}).symmetries == 8
+    assert resolve_tta({"preprocess": Preprocess(16, 1), "config": cfg}, None, {"symmetries": 1}).symmetries == 1
+    from fewshot.training.config import TrainConfig, check_config
+
+    with pytest.raises(FewShotError, match="val-tta-symmetries must be 1, 2, 4 or 8, got 3"):
+        check_config(TrainConfig(data="x", val_tta_symmetries=3))
+
+
+def test_eval_with_symmetries_records_them_and_scores_the_mean_similarity(tmp_path, digits):
+    ckpt = _checkpoint(tmp_path / "s.pt", tta=TTA(2, seed=1, symmetries=4).to_dict())
+    kw = dict(heads="proto,nn,ls", episodes=EpisodeProtocol(5, (1, 5), episodes=30), progress=False, device="cpu")
+    res = evaluate(ckpt, digits, cache_dir=tmp_path / "c", **kw)
+    assert res.config["tta"]["symmetries"] == 4 and "x 4 symmetries" in res.table()
+    plain = evaluate(ckpt, digits, cache_dir=tmp_path / "c", tta_args={"symmetries": 1}, **kw)
+    assert "symmetries" not in plain.config["tta"]
+    assert not np.array_equal(plain.accuracy[("proto", 1)], res.accuracy[("proto", 1)])
+    assert all(0 < acc.mean() <= 1 for acc in res.accuracy.values())
+
+
 # ------------------------------------------------------------------ eval / CLI
 def test_eval_uses_the_checkpoint_setting_and_records_it(tmp_path, digits):
     record = TTA(4, seed=2).to_dict()
@@ -156,6 +218,28 @@ def test_adapted_model_file_records_and_reuses_the_tta(checkpoint, folders, tmp_
     assert a.labels == b.labels and torch.allclose(a.probs, b.probs, atol=1e-6)
     plain = adapt(checkpoint, folders[0], head="proto")
     assert plain.tta.plain and not torch.allclose(plain.head.sums, clf.head.sums)
+
+
+def test_adapted_model_with_symmetries_saves_loads_and_predicts_alike(checkpoint, folders, tmp_path,  # noqa: F811
+                                                                      capsys):
+    from fewshot.adaptation.adapt import adapt
+    from fewshot.adaptation.classifier import load_classifier, read_images
+
+    clf = adapt(checkpoint, folders[0], head="ls", tta_args={"symmetries": 8})
+    files = sorted(str(p) for p in folders[1].rglob("*.png"))
+    back = load_classifier(clf.save(tmp_path / "m.pt"))
+    assert back.tta.symmetries == 8 and back.blocks == 8
+    a, b = clf.predict(files), back.predict(files)
+    assert a.labels == b.labels and torch.allclose(a.probs, b.probs, atol=1e-6)
+    images = read_images(files[:4], clf.preprocess)[0]
+    with torch.no_grad():   # the module path (one view per symmetry) is the embedding path
+        torch.testing.assert_close(clf.features(images), clf.embed(images), atol=1e-4, rtol=1e-3)
+    assert clf(images).shape == (4, clf.num_classes)    # differentiable forward: the same feature size
+    assert main(["predict", "--model", str(tmp_path / "m.pt"), *files[:2], "--tta", "2"]) == 0
+    capsys.readouterr()
+    assert main(["predict", "--model", str(tmp_path / "m.pt"), *files[:2], "--tta-arg", "symmetries=1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "adapted with 8 TTA symmetries" in err[0]
 
 
 # ------------------------------------------------------------------ retrieval

@@ -222,15 +222,25 @@ class FewShotClassifier(nn.Module):
         ``predict``, ``torch.no_grad()``) the encoder runs through
         :func:`fewshot.evaluation.inference.inference_model`."""
         images = self.check_images(images).to(self._device())
+        n, blocks = images.shape[0], self.blocks
         if torch.is_grad_enabled():  # differentiable: the encoder itself
-            z = self.encoder(self.preprocess(images))
-            z = z[0] if isinstance(z, (tuple, list)) else z
+            run, x = self.encoder, self.preprocess(images)
         elif self._int8 is not None:  # opt-in static int8 encoder (see quantize)
-            z = self._int8(prepare_input(self.preprocess, images.cpu())).to(images.device)
+            run, x = self._int8, prepare_input(self.preprocess, images.cpu())
         else:  # the inference fast path (conv+BN folded, channels_last), shared with features.embed
-            fast = inference_model(self.encoder, self._device())
-            z = fast(prepare_input(self.preprocess, images, channels_last=fast.channels_last))
-        return transform(z.flatten(1), self.transform, base_mean=self.base_mean)
+            run = inference_model(self.encoder, self._device())
+            x = prepare_input(self.preprocess, images, channels_last=run.channels_last)
+        if blocks > 1:  # the classifier's symmetries (one view each), of the prepared input as in embed
+            x = TTA(symmetries=blocks).expand(x)
+        z = run(x)
+        z = (z[0] if isinstance(z, (tuple, list)) else z).to(images.device)
+        return transform(z.flatten(1).reshape(n, -1), self.transform, base_mean=self.base_mean,
+                         blocks=blocks)
+
+    @property
+    def blocks(self) -> int:
+        """Embeddings concatenated in a feature: the TTA symmetries (1 without)."""
+        return 1 if self.tta is None else self.tta.symmetries
 
     def embed(self, images: torch.Tensor, batch_size: int = 256, progress: bool = False) -> torch.Tensor:
         """:meth:`features` in batches, without gradients, on CPU: ``float32 [N, D]``, through the
@@ -241,7 +251,8 @@ class FewShotClassifier(nn.Module):
             return torch.empty(0, 0)
         z = embed_tensor(self._int8 or self.encoder, images, self.preprocess, device=self._device(),
                          batch_size=batch_size, progress=progress, tta=self.tta)
-        return transform(z.flatten(1), self.transform, base_mean=self.base_mean).float().cpu()
+        return transform(z.flatten(1), self.transform, base_mean=self.base_mean,
+                         blocks=self.blocks).float().cpu()
 
     def logits(self, z: torch.Tensor) -> torch.Tensor:
         """The head's logits ``[N, K]`` of transformed embeddings ``z [N, D]``."""
@@ -411,12 +422,13 @@ def load_classifier(path: str | os.PathLike, *, device: str = "cpu") -> FewShotC
         head = head_from_record(payload["head"])
         preprocess = Preprocess.from_dict(payload["preprocess"])
         encoder, _ = _encoder_from_source(payload["encoder"], path, device)
-        check_feature_size(encoder, payload["head"], path)  # also for a referenced checkpoint
+        tta = None if payload.get("tta") is None else TTA.from_dict(payload["tta"])
+        check_feature_size(encoder, payload["head"], path,   # also for a referenced checkpoint
+                           blocks=1 if tta is None else tta.symmetries)
         clf = FewShotClassifier(encoder, preprocess, head, payload["class_names"],
                                 transform=payload["transform"],
                                 base_mean=payload["base_mean"], temperature=payload["temperature"],
-                                source=payload["encoder"],
-                                tta=None if payload.get("tta") is None else TTA.from_dict(payload["tta"]))
+                                source=payload["encoder"], tta=tta)
         if payload.get("int8_calibration") is not None:
             clf.quantize(payload["int8_calibration"], prepared=True)
     except FewShotError as exc:

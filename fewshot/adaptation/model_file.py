@@ -94,6 +94,10 @@ def check_payload(payload: Any, path: str | os.PathLike) -> dict:
         c.fail("class_names", f"lists {len(names)} classes but the head has {k}")
     if len(set(names)) != len(names):
         c.fail("class_names", "names a class twice")
+    blocks = 1 if payload.get("tta") is None else _check_tta(c, payload["tta"]).symmetries
+    if d % blocks:
+        c.fail("head", f"works on {d}-d features, which do not split into the TTA's {blocks} symmetries")
+    d //= blocks   # the encoder's embedding size: a feature concatenates one per symmetry
     if payload["base_mean"] is not None:
         c.tensor("base_mean", payload["base_mean"], 1, shape=(d,))
     if payload.get("int8_calibration") is not None:
@@ -102,14 +106,12 @@ def check_payload(payload: Any, path: str | os.PathLike) -> dict:
         if cal.dtype != torch.uint8 or not 1 <= cal.shape[0] <= MAX_CALIBRATION:
             c.fail("int8_calibration", f"must be 1 to {MAX_CALIBRATION} uint8 images, got "
                                        f"{cal.shape[0]} {cal.dtype}")
-    if payload.get("tta") is not None:
-        _check_tta(c, payload["tta"])
     return {**payload, "encoder": _check_encoder(c, payload["encoder"], channels, d)}
 
 
-def _check_tta(c: _Checker, record: Any) -> None:
+def _check_tta(c: _Checker, record: Any):
     """A test-time augmentation record: a valid :class:`fewshot.evaluation.tta.TTA` of at most
-    MAX_TTA_VIEWS views."""
+    MAX_TTA_VIEWS views; returns it."""
     from fewshot.evaluation.tta import TTA
 
     try:
@@ -118,6 +120,7 @@ def _check_tta(c: _Checker, record: Any) -> None:
         c.fail("tta", str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
     if not 1 <= tta.views <= MAX_TTA_VIEWS:
         c.fail("tta", f"views must be 1 to {MAX_TTA_VIEWS}, got {tta.views}")
+    return tta
 
 
 def _check_preprocess(c: _Checker, pre: Any) -> tuple[int, tuple[int, int]]:
@@ -250,12 +253,15 @@ def _check_architecture(c: _Checker, spec: dict, state: dict, dim: int) -> None:
         c.fail("head", f"works on {dim}-d features but the encoder gives {meta.embedding_dim}-d")
 
 
-def check_feature_size(encoder: torch.nn.Module, head: dict, path: str | os.PathLike) -> None:
-    """Refuse a head fitted on features of another size than ``encoder`` gives (a referenced
-    checkpoint is only known once loaded)."""
+def check_feature_size(encoder: torch.nn.Module, head: dict, path: str | os.PathLike,
+                       blocks: int = 1) -> None:
+    """Refuse a head fitted on features of another size than ``encoder`` gives (``blocks``
+    embeddings concatenated: the TTA's symmetries; a referenced checkpoint is only known once
+    loaded)."""
     d = {"proto": lambda: head["sums"].shape[1], "ls": lambda: head["weight"].shape[0],
          "nn": lambda: head["features"].shape[1]}[head["kind"]]()
     have = getattr(encoder, "embedding_dim", None)
+    have = None if have is None else have * blocks
     if have is not None and have != d:
         raise FewShotError(f"model file field 'head': works on {d}-d features but the encoder gives "
                            f"{have}-d", path)

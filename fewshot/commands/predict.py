@@ -83,7 +83,12 @@ def run(args: argparse.Namespace) -> int:
         from fewshot.evaluation.tta import TTA, default_augment, override_tta, parse_tta_args
 
         base = clf.tta or TTA(1, default_augment(clf.preprocess.channels))
-        clf.tta = override_tta(base, args.tta, parse_tta_args(args.tta_arg))
+        tta = override_tta(base, args.tta, parse_tta_args(args.tta_arg))
+        if tta.symmetries != base.symmetries:   # the head was fitted on features of that many blocks
+            raise FewShotError(f"the model was adapted with {base.symmetries} TTA symmetries and its head "
+                               f"works on features of that size; --tta-arg symmetries cannot change it "
+                               f"(re-run fewshot adapt with symmetries={tta.symmetries})", args.model)
+        clf.tta = tta
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         files, truth = list_image_files(raw, strict=args.strict)

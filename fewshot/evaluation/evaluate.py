@@ -367,7 +367,8 @@ def evaluate(checkpoint: str | os.PathLike | tuple[torch.nn.Module, dict], data:
                          progress=progress, tta=tta)
     check_finite(feats, data.name or None)
     base_mean = info.get("base_mean")
-    feats = apply_transform(feats, kind, None if base_mean is None else torch.as_tensor(base_mean).cpu())
+    feats = apply_transform(feats, kind, None if base_mean is None else torch.as_tensor(base_mean).cpu(),
+                            blocks=tta.symmetries)
     check_finite(feats, data.name or None)
 
     head_objs = bind_base_means(head_objs, info, kind)

@@ -94,12 +94,12 @@ def embed_tensor(model: torch.nn.Module, x_all: torch.Tensor, preprocess: Callab
     fast = inference_model(model, dev)
     prep = preprocess or _default_preprocess
     plain = tta is None or tta.plain
-    step = batch_size if plain else images_per_pass(tta.views, batch_size)
+    step = batch_size if plain else images_per_pass(tta.passes, batch_size)
     n = x_all.shape[0]
     chunks: list[torch.Tensor] = []
     from fewshot.progress import progress as progress_bar
 
-    bar = progress_bar(total=n, desc="embed" if plain else f"embed x{tta.views}", unit="img",
+    bar = progress_bar(total=n, desc="embed" if plain else f"embed x{tta.passes}", unit="img",
                        disable=not progress)
     with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=dev.type == "cuda"):
         for start in range(0, n, step):
@@ -169,15 +169,26 @@ TRANSFORMS.register("pt", _power_unit, doc="square root of every feature, then u
 
 
 def transform(features: torch.Tensor, kind: str = "none",
-              base_mean: torch.Tensor | None = None) -> torch.Tensor:
+              base_mean: torch.Tensor | None = None, blocks: int = 1) -> torch.Tensor:
     """Feature transform applied before every head (``TRANSFORMS``).
 
     ``none``: as is. ``l2``: unit length. ``cl2n`` (SimpleShot, Wang et al. 2019): subtract the mean
     embedding of the *base* training images (``base_mean [D]``, from the checkpoint), then unit
     length. ``pt`` (Hu et al. 2021): square root of every feature, then unit length; the features
     must be non-negative (a ReLU encoder's). Works on any ``[..., D]``.
+
+    ``blocks``: features that concatenate ``blocks`` embeddings (TTA symmetries, ``[..., blocks *
+    D]``) are transformed block by block; the unit-length transforms then scale by
+    ``1 / sqrt(blocks)``, so the whole feature has unit length and its cosine similarity is the
+    mean of the blocks' similarities.
     """
-    return TRANSFORMS.create(kind)(features, base_mean)
+    fn = TRANSFORMS.create(kind)
+    if blocks == 1:
+        return fn(features, base_mean)
+    if features.shape[-1] % blocks:
+        raise FewShotError(f"features of dim {features.shape[-1]} do not split into {blocks} blocks")
+    out = fn(features.unflatten(-1, (blocks, -1)), base_mean).flatten(-2)
+    return out if kind == "none" else out / blocks ** 0.5
 
 
 # the transforms whose base-class means a checkpoint records (cl2n's depend on the base mean too)

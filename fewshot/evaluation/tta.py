@@ -1,5 +1,6 @@
 """Test-time augmentation (TTA): every image embedded as itself plus ``views - 1`` augmented
-copies, the embeddings averaged (unit embeddings under a cosine-trained encoder).
+copies, the embeddings averaged (unit embeddings under a cosine-trained encoder); optionally under
+several symmetries of the square too, each an embedding of its own, concatenated.
 
 A :class:`TTA` is the whole setting: the number of views, the augmentation (options of
 :class:`fewshot.training.augment.Augment`, geometric only), the seed and whether views are averaged as
@@ -14,6 +15,14 @@ the same keys of their stored config), then the user's overrides (``--tta N``, `
 Without a recipe setting the default is one view (plain embedding) with the augmentation of the
 data kind (:func:`default_augment`: mild affine for drawings, flips and mild crops for photos),
 so ``--tta 16`` alone does the sensible thing.
+
+Symmetries (``symmetries`` 2, 4 or 8: the mirror image, the four quarter turns, all eight
+symmetries of the square): each image is also embedded turned and mirrored, each symmetry with the
+same views, and the feature is the concatenation of the per-symmetry embeddings, so its cosine
+similarity is the mean of the symmetries' similarities (the feature transform is applied to each
+block; :func:`fewshot.evaluation.features.transform` with ``blocks``). It pays for an encoder
+trained with rotated and mirrored classes (``rotate_classes`` / ``mirror_classes``): every turned
+image is another character to it, scored by another expert on the same pair of drawings.
 """
 
 from __future__ import annotations
@@ -30,15 +39,26 @@ from fewshot.options import declared, parse_pairs, typed_options
 from fewshot.seeds import derive_seed
 from fewshot.training.augment import AUGMENT_MODES, Augment
 
-__all__ = ["TTA", "DRAWING_AUGMENT", "PHOTO_AUGMENT", "default_augment", "tta_from_config",
-           "checkpoint_tta", "resolve_tta", "override_tta", "parse_tta_args", "images_per_pass"]
+__all__ = ["TTA", "DRAWING_AUGMENT", "PHOTO_AUGMENT", "SYMMETRIES", "default_augment", "dihedral",
+           "tta_from_config", "checkpoint_tta", "resolve_tta", "override_tta", "parse_tta_args",
+           "images_per_pass"]
 
 # Drawings (1 channel): milder than the Omniglot training augmentation (the recipe's choice).
 DRAWING_AUGMENT = {"mode": "affine", "degrees": 15.0, "translate": 0.08, "scale": [0.85, 1.15], "shear": 10.0}
 # Photos (3 channels): horizontal flips and mild random resized crops (60-100% of the area).
 PHOTO_AUGMENT = {"mode": "crop", "scale": [0.6, 1.0], "ratio": [0.8, 1.25], "flip": True}
 MODE_DEFAULTS = {"affine": DRAWING_AUGMENT, "crop": PHOTO_AUGMENT, "none": {"mode": "none"}}
-_PHOTOMETRIC = ("brightness", "contrast", "saturation")
+_NOT_GEOMETRIC = ("brightness", "contrast", "saturation", "erase")
+# symmetries of the square a TTA can add: the identity; + the mirror image; the four quarter turns;
+# all eight (the dihedral group), as indices of :func:`dihedral`
+SYMMETRIES = {1: (0,), 2: (0, 4), 4: (0, 1, 2, 3), 8: tuple(range(8))}
+
+
+def dihedral(x: torch.Tensor, g: int) -> torch.Tensor:
+    """Symmetry ``g`` (0-7) of the square of a batch ``[..., H, W]``: a turn by ``90 * (g % 4)``
+    degrees counter-clockwise, then the mirror image (left-right) for ``g >= 4``."""
+    y = torch.rot90(x, g % 4, dims=(-2, -1)) if g % 4 else x
+    return y.flip(-1) if g >= 4 else y
 
 
 def default_augment(channels: int) -> dict:
@@ -55,12 +75,16 @@ class TTA:
         augment: :class:`~fewshot.training.augment.Augment` options of views 1.. (geometric only).
         seed: fixes the ``views - 1`` transforms (the same for every image).
         normalize: average unit-length embeddings (cosine-trained encoders) instead of raw ones.
+        symmetries: 1, 2 (+ mirror image), 4 (quarter turns) or 8 (all symmetries of the square):
+            each embedded with the views, the per-symmetry embeddings concatenated (``[N, symmetries
+            * D]``); the turns need square images.
     """
 
     views: int = 1
     augment: dict = field(default_factory=lambda: dict(DRAWING_AUGMENT))
     seed: int = 0
     normalize: bool = True
+    symmetries: int = 1
 
     def __post_init__(self) -> None:
         if isinstance(self.views, bool) or not isinstance(self.views, (int, np.integer)) or self.views < 1:
@@ -70,50 +94,71 @@ class TTA:
             raise FewShotError(f"TTA seed must be an integer, got {self.seed!r}")
         self.seed = int(self.seed)
         aug = Augment.from_dict(self.augment)  # unknown keys and bad values: one line
-        if any(getattr(aug, k) for k in _PHOTOMETRIC):
+        if any(getattr(aug, k) for k in _NOT_GEOMETRIC):
             raise FewShotError("TTA takes geometric augmentation only (affine, crop, flip, elastic); "
-                               f"drop {', '.join(k for k in _PHOTOMETRIC if getattr(aug, k))}")
+                               f"drop {', '.join(k for k in _NOT_GEOMETRIC if getattr(aug, k))}")
         self.augment = aug.to_dict()
         self.normalize = bool(self.normalize)
+        if isinstance(self.symmetries, bool) or self.symmetries not in SYMMETRIES:
+            raise FewShotError(f"TTA symmetries must be 1, 2, 4 or 8, got {self.symmetries!r}")
+        self.symmetries = int(self.symmetries)
         self._aug = aug
 
     @property
     def plain(self) -> bool:
-        return self.views == 1
+        return self.views == 1 and self.symmetries == 1
+
+    @property
+    def passes(self) -> int:
+        """Forward rows per image: views x symmetries."""
+        return self.views * self.symmetries
 
     def to_dict(self) -> dict:
-        return {k: v for k, v in asdict(self).items() if not k.startswith("_")}
+        """The record (``symmetries`` only when more than one: older records and caches stay valid)."""
+        d = {k: v for k, v in asdict(self).items() if not k.startswith("_")}
+        if d["symmetries"] == 1:
+            del d["symmetries"]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> TTA:
         if not isinstance(d, dict):
             raise FewShotError(f"a TTA record must be a dict, got {type(d).__name__}")
-        unknown = sorted(set(d) - {"views", "augment", "seed", "normalize"})
+        unknown = sorted(set(d) - {"views", "augment", "seed", "normalize", "symmetries"})
         if unknown:
-            raise FewShotError(f"unknown TTA settings {unknown}; known: views, augment, seed, normalize")
+            raise FewShotError(f"unknown TTA settings {unknown}; known: views, augment, seed, normalize, "
+                               "symmetries")
         return cls(**d)
 
     def describe(self) -> str:
         """One line for reports: ``plain`` or ``32 views (affine degrees=15 ...; seed 0)``."""
-        if self.plain:
-            return "plain (1 view)"
+        sym = "" if self.symmetries == 1 else f" x {self.symmetries} symmetries"
+        if self.views == 1:
+            return "plain (1 view)" if self.plain else f"1 view{sym}"
         a = self.augment
         keys = {"affine": ("degrees", "translate", "scale", "shear"), "crop": ("scale", "ratio"),
                 "none": ()}[a["mode"]]
         opts = [f"{k}={_short(a[k])}" for k in keys] + (["flip"] if a["flip"] else []) + (
             [f"elastic={_short(a['elastic'])}"] if a["elastic"] else [])
-        return f"{self.views} views ({a['mode']} {' '.join(opts)}; seed {self.seed})".replace(" ;", ";")
+        return f"{self.views} views ({a['mode']} {' '.join(opts)}; seed {self.seed}){sym}".replace(" ;", ";")
 
     # ------------------------------------------------------------------ the views
     def expand(self, x: torch.Tensor) -> torch.Tensor:
-        """Views of a float batch ``[B, C, H, W]`` in [0, 1]: ``[B * views, C, H, W]``, the
-        ``views`` rows of each image together, view 0 the image itself.
+        """Views of a float batch ``[B, C, H, W]`` in [0, 1]: ``[B * symmetries * views, C, H, W]``,
+        the rows of each image together (symmetry-major), view 0 of symmetry 0 the image itself.
 
-        The ``views - 1`` transforms are drawn once from ``seed`` and applied to every image in one
-        resampling pass (the images travel as channels of one ``[views - 1, B*C, H, W]`` batch).
+        The ``views - 1`` transforms are drawn once from ``seed`` and applied to every image (and
+        every symmetry of it) in one resampling pass (the images travel as channels of one
+        ``[views - 1, B*C, H, W]`` batch).
         """
+        if self.symmetries > 1:
+            if x.shape[-1] != x.shape[-2] and self.symmetries > 2:
+                raise FewShotError(f"TTA symmetries {self.symmetries} turn images by quarter turns, which "
+                                   f"needs square images; these are {x.shape[-2]}x{x.shape[-1]} "
+                                   "(use symmetries 2, the mirror image, or 1)")
+            x = torch.stack([dihedral(x, g) for g in SYMMETRIES[self.symmetries]], 1).flatten(0, 1)
         b, c, h, w = x.shape
-        if self.plain or b == 0:
+        if self.views == 1 or b == 0:
             return x
         gen = torch.Generator(device=x.device)
         gen.manual_seed(derive_seed(self.seed, 3))
@@ -122,13 +167,15 @@ class TTA:
         return torch.cat([x.unsqueeze(1), views], 1).reshape(b * self.views, c, h, w)
 
     def reduce(self, emb: torch.Tensor) -> torch.Tensor:
-        """Embeddings of :meth:`expand`'s rows ``[B * views, D]`` -> their mean per image ``[B, D]``."""
+        """Embeddings of :meth:`expand`'s rows ``[B * symmetries * views, D]`` -> the mean of every
+        symmetry's views, the symmetries concatenated: ``[B, symmetries * D]``."""
         if self.plain:
             return emb
-        emb = emb.view(-1, self.views, emb.shape[-1])
-        if self.normalize:
+        d = emb.shape[-1]
+        emb = emb.view(-1, self.views, d)
+        if self.normalize and self.views > 1:
             emb = F.normalize(emb, dim=-1)
-        return emb.mean(1)
+        return emb.mean(1).reshape(-1, self.symmetries * d)
 
 
 def _short(v: Any) -> str:
@@ -147,7 +194,8 @@ def tta_from_config(config: dict, channels: int, distance: str | None) -> TTA:
     views = config.get("val_tta") or 1
     augment = {**default_augment(channels), **dict(config.get("val_tta_augment") or {})}
     return TTA(int(views), augment, int(config.get("seed") or 0),
-               normalize=(distance or "cosine") == "cosine")
+               normalize=(distance or "cosine") == "cosine",
+               symmetries=int(config.get("val_tta_symmetries") or 1))
 
 
 def checkpoint_tta(info: dict) -> TTA:
@@ -168,25 +216,26 @@ def resolve_tta(info: dict, views: int | None = None, args: dict | None = None) 
 
 
 def override_tta(base: TTA, views: int | None = None, args: dict | None = None) -> TTA:
-    """``base`` with the user's overrides: ``views`` and augmentation options ``args`` (``seed`` and
-    ``normalize`` among them). A new ``mode`` starts from that mode's default options (affine: the
-    drawing one, crop: the photo one)."""
+    """``base`` with the user's overrides: ``views`` and augmentation options ``args`` (``seed``,
+    ``normalize`` and ``symmetries`` among them). A new ``mode`` starts from that mode's default
+    options (affine: the drawing one, crop: the photo one)."""
     args = dict(args or {})
     seed = args.pop("seed", base.seed)
     normalize = args.pop("normalize", base.normalize)
+    symmetries = args.pop("symmetries", base.symmetries)
     augment = dict(base.augment)
     mode = args.get("mode")
     if mode is not None and mode != augment.get("mode"):
         augment = dict(MODE_DEFAULTS[AUGMENT_MODES.get(mode).name])
     augment.update(args)
-    return TTA(base.views if views is None else views, augment, seed, normalize)
+    return TTA(base.views if views is None else views, augment, seed, normalize, symmetries)
 
 
 def parse_tta_args(items: list[str] | dict | None) -> dict:
     """``["degrees=20", "scale=0.8,1.2", "flip=true"]`` -> options typed by their declarations
-    (:class:`Augment`'s fields, ``seed`` and ``normalize``)."""
+    (:class:`Augment`'s fields, ``seed``, ``normalize`` and ``symmetries``)."""
     tta = declared(TTA)[0]
-    options = {**declared(Augment)[0], "seed": tta["seed"], "normalize": tta["normalize"]}
+    options = {**declared(Augment)[0], **{k: tta[k] for k in ("seed", "normalize", "symmetries")}}
     return typed_options(options, parse_pairs(items, "TTA option"), "TTA")
 
 

@@ -17,6 +17,7 @@ from episodes.protocols import PROTOCOL_VAL, validation_settings
 from fewshot.device import check_precision
 from fewshot.errors import FewShotError
 from fewshot.evaluation.features import TRANSFORMS
+from fewshot.evaluation.tta import SYMMETRIES
 from fewshot.models.encoders import ENCODERS
 from fewshot.models.losses import DISTANCES, LOSSES, MINERS
 from fewshot.options import check_option_types, from_options
@@ -116,6 +117,7 @@ class TrainConfig:
     val_tta: int = 1
     val_tta_every: int = 1
     val_tta_augment: dict = field(default_factory=dict)
+    val_tta_symmetries: int = 1   # 1, 2, 4 or 8 symmetries of the square, each with the views
     # the feature transform of validation and, recorded in the checkpoint, of evaluation's default
     # (None: by the distance, l2 for cosine); cl2n needs the base mean only the finished run knows
     eval_transform: str | None = None
@@ -214,6 +216,8 @@ def check_config(cfg: TrainConfig, world: int | None = None) -> None:
         raise FewShotError(f"seed must be a non-negative integer, got {cfg.seed}")
     if int(cfg.val_tta_every) < 0:
         raise FewShotError(f"val-tta-every must be >= 0 (0: only the last epoch), got {cfg.val_tta_every}")
+    if cfg.val_tta_symmetries not in SYMMETRIES or isinstance(cfg.val_tta_symmetries, bool):
+        raise FewShotError(f"val-tta-symmetries must be 1, 2, 4 or 8, got {cfg.val_tta_symmetries!r}")
     if cfg.frame is not None and not 0 < cfg.frame <= 1:
         raise FewShotError(f"frame must be in (0, 1] (the share of the side the ink fills), got {cfg.frame}")
     if cfg.frame is not None and cfg.image_size is None:

@@ -90,8 +90,9 @@ class Validation:
             views = {"_plain": views[""]}
             if with_tta:
                 views[""] = self._embed(model, preprocess, device, self.tta).to(device)
-        if cfg.eval_transform is not None:
-            views = {k: transform(v, cfg.eval_transform) for k, v in views.items()}
+        if cfg.eval_transform is not None:   # the TTA figure's symmetries are blocks of its features
+            views = {k: transform(v, cfg.eval_transform, blocks=self.tta.symmetries if k == "" and
+                                  not self.tta.plain else 1) for k, v in views.items()}
         out = {}
         for shot, eps in self.sets.items():
             for suffix, feats in views.items():
