@@ -274,9 +274,10 @@ def test_validation_tta_is_seeded_and_reported_beside_the_plain_figure(tmp_path)
 
 def test_omniglot_recipe_runs_on_real_omniglot(omniglot_dir, tmp_path):
     """The shipped Omniglot recipe end to end on real data (ink framing, rotation + mirror classes,
-    per-block widths, TTA validation with views and symmetries), shortened: one small1 alphabet, one epoch, one small2
-    alphabet. The run frames the 105x105 drawings, records the framing, and evaluation's code path
-    (``embed`` with the checkpoint's preprocessing on full-size drawings) reproduces its figures."""
+    per-block widths, TTA validation with views and symmetries), shortened: one small1 alphabet,
+    one epoch, one small2 alphabet. The run frames the 105x105 drawings, records the framing, and
+    evaluation's code path (``embed`` with the checkpoint's preprocessing on full-size drawings)
+    reproduces its figures, plain and with the recorded views and symmetries."""
     from episodes import EpisodeSpec, load_data, sample_episodes
     from fewshot.evaluation.features import transform
     from fewshot.training.objectives import episode_accuracy

@@ -113,7 +113,8 @@ def test_symmetries_concatenate_each_symmetry_embedded_with_the_same_views(digit
     tta = TTA(3, seed=4, symmetries=4)
     many = embed(model, x, pre, device="cpu", progress=False, tta=tta, batch_size=7)
     for j, g in enumerate((0, 1, 2, 3)):  # the same 3 seeded views of every symmetry
-        views = embed(model, dihedral(x, g).contiguous(), pre, device="cpu", progress=False, tta=TTA(3, seed=4))
+        views = embed(model, dihedral(x, g).contiguous(), pre, device="cpu", progress=False,
+                      tta=TTA(3, seed=4))
         torch.testing.assert_close(many[:, j * d:(j + 1) * d], views, atol=1e-5, rtol=1e-4)
     assert torch.equal(dihedral(dihedral(x, 1), 3), x) and torch.equal(dihedral(dihedral(x, 4), 4), x)
 
@@ -145,7 +146,8 @@ def test_symmetry_settings_records_and_checks():
     assert TTA(1, symmetries=2).expand(torch.rand(2, 1, 16, 20)).shape == (4, 1, 16, 20)  # mirror: any shape
     cfg = {"val_tta": 8, "val_tta_symmetries": 8, "seed": 0}
     assert checkpoint_tta({"preprocess": Preprocess(16, 1), "config": cfg}).symmetries == 8
-    assert resolve_tta({"preprocess": Preprocess(16, 1), "config": cfg}, None, {"symmetries": 1}).symmetries == 1
+    off = resolve_tta({"preprocess": Preprocess(16, 1), "config": cfg}, None, {"symmetries": 1})
+    assert off.symmetries == 1
     from fewshot.training.config import TrainConfig, check_config
 
     with pytest.raises(FewShotError, match="val-tta-symmetries must be 1, 2, 4 or 8, got 3"):
@@ -154,7 +156,8 @@ def test_symmetry_settings_records_and_checks():
 
 def test_eval_with_symmetries_records_them_and_scores_the_mean_similarity(tmp_path, digits):
     ckpt = _checkpoint(tmp_path / "s.pt", tta=TTA(2, seed=1, symmetries=4).to_dict())
-    kw = dict(heads="proto,nn,ls", episodes=EpisodeProtocol(5, (1, 5), episodes=30), progress=False, device="cpu")
+    kw = dict(heads="proto,nn,ls", episodes=EpisodeProtocol(5, (1, 5), episodes=30), progress=False,
+              device="cpu")
     res = evaluate(ckpt, digits, cache_dir=tmp_path / "c", **kw)
     assert res.config["tta"]["symmetries"] == 4 and "x 4 symmetries" in res.table()
     plain = evaluate(ckpt, digits, cache_dir=tmp_path / "c", tta_args={"symmetries": 1}, **kw)
