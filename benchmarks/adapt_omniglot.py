@@ -2,7 +2,8 @@
 alphabets small1 lacks (Japanese_(katakana), Sanskrit, Tagalog: 106 characters), predict the rest.
 
 All 106 characters form ONE classifier (106-way), as a user adapting to a new set of classes would
-have it; every head is fitted on the same seeded support drawings and scored on the same queries.
+have it; every head is fitted on the same seeded support drawings and scored on the same queries,
+and the size of its model file (`fewshot adapt`'s output) is printed.
 
     nice python benchmarks/adapt_omniglot.py [--checkpoint runs/x/best.pt] [--epochs 10] [--recipe omniglot]
 """
@@ -69,6 +70,7 @@ def main() -> None:
                 t0 = time.perf_counter()
                 clf = adapt(ckpt, support, head=head)
                 t_adapt = time.perf_counter() - t0
+                size = clf.save(Path(tmp) / f"{head}-{shot}.fewshot").stat().st_size / 1e6
                 t0 = time.perf_counter()
                 pred = clf.predict(query.images)
                 t_pred = time.perf_counter() - t0
@@ -77,7 +79,8 @@ def main() -> None:
                 conf = float(pred.probabilities.mean())
                 print(f"{novel.num_classes}-way {shot}-shot {head:>5}: accuracy {acc:.4f} on {len(truth)} "
                       f"query drawings; LOO estimate {'n/a' if loo != loo else f'{loo:.4f}'}; "
-                      f"mean top probability {conf:.3f}; adapt {t_adapt:.2f} s, predict {t_pred:.2f} s",
+                      f"mean top probability {conf:.3f}; adapt {t_adapt:.2f} s, predict {t_pred:.2f} s; "
+                      f"model file {size:.1f} MB",
                       flush=True)
 
 

@@ -45,11 +45,38 @@ def test_file_is_weights_only_plain_data(checkpoint, folders, tmp_path):  # noqa
     assert doc["sha256"] == payload_digest(doc["payload"])
     head = doc["payload"]["head"]
     d, k = head["weight"].shape
-    assert head["xtx"].shape == (d, d) and head["xty"].shape == (d, k) and head["counts"].sum() == 30
+    if d > 30:   # fewer rows than features: the rows themselves, not the D x D statistics
+        assert head["rows"].shape == (30, d) and head["labels"].shape == (30,) and "xtx" not in head
+    else:
+        assert head["xtx"].shape == (d, d) and head["xty"].shape == (d, k)
+    assert head["counts"].sum() == 30
     assert doc["payload"]["class_names"] == clf.class_names
     assert "model" in doc["payload"]["encoder"]["checkpoint"]
     assert "optimizer" not in doc["payload"]["encoder"]["checkpoint"]
     assert not list(tmp_path.glob("*.tmp")) and not list(tmp_path.glob(".*tmp"))
+
+
+def test_ls_rows_in_a_model_file_are_checked_against_each_other(checkpoint, folders, tmp_path):  # noqa: F811
+    clf = A.adapt(checkpoint, folders[0], head="ls", tta_args={"symmetries": 4})   # 4 x D features, 30 rows
+    path = clf.save(tmp_path / "m.fewshot")
+    head = torch.load(path, weights_only=True)["payload"]["head"]
+    assert "rows" in head and "xtx" not in head
+    assert load_classifier(path).head.stats.rows.shape == (1, *head["rows"].shape)
+
+    def forged(edit, name):
+        doc = torch.load(path, weights_only=True)
+        edit(doc["payload"]["head"])
+        doc["sha256"] = payload_digest(doc["payload"])
+        torch.save(doc, tmp_path / name)
+        return tmp_path / name
+
+    cases = {"counts": lambda h: h.__setitem__("counts", h["counts"].flip(0) + 1),
+             "labels": lambda h: h.__setitem__("labels", h["labels"] + 100),
+             "rows": lambda h: h.__setitem__("rows", h["rows"][:, :5])}
+    for field, edit in cases.items():
+        with pytest.raises(FewShotError, match=f"model file field 'head.{field}'") as err:
+            load_classifier(forged(edit, f"{field}.fewshot"))
+        assert "\n" not in str(err.value)
 
 
 def test_reference_mode_stores_hash_and_verifies_it(checkpoint, folders, tmp_path):  # noqa: F811

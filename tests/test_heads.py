@@ -310,6 +310,34 @@ def test_ls_partial_fit_keeps_statistics_and_rechooses_lambda_by_gcv():
     assert torch.equal(grown.stats.counts, torch.full((4, 5), 4))
 
 
+def test_ls_statistics_keep_the_rows_while_fewer_than_features_with_the_same_fit():
+    from fewshot.heads.ridge_stats import RidgeRows, RidgeStats, ridge_statistics
+
+    x, y, q = _episodes(e=3, shot=2, d=40, seed=11)                    # 10 rows of 40-d features
+    rows, stats = RidgeRows.from_rows(x, y, 5), RidgeStats.from_rows(x, y, 5)
+    assert isinstance(ridge_statistics(x, y, 5), RidgeRows) and isinstance(ridge_statistics(x[..., :8], y, 5),
+                                                                           RidgeStats)
+    lam = torch.tensor([0.1, 1.0, 10.0], dtype=torch.float64)
+    for a, b in zip(rows.solve(lam), stats.solve(lam)):
+        torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-10)
+    grid = (0.01, 0.1, 1.0, 10.0)
+    torch.testing.assert_close(rows.gcv(grid)[1], stats.gcv(grid)[1], rtol=1e-6, atol=1e-8)
+    for a, b in zip(rows.loo(lam, x[0]), stats.loo(lam, x[0])):          # hat values and fitted values
+        torch.testing.assert_close(a, b, rtol=1e-7, atol=1e-9)
+    (xa, ya), (xb, yb) = _two_chunks(x, y)
+    head = LSHead()
+    grown = head.partial_fit(head.partial_fit(None, xa, ya, 3), xb, yb, 5)
+    assert isinstance(grown.stats, RidgeRows) and torch.equal(grown.stats.counts, torch.full((3, 5), 2))
+    assert torch.equal(grown.lam, stats.gcv(head.grid)[0])              # GCV as the D x D statistics give
+    W, b = ridge_fit(x, torch.nn.functional.one_hot(y, 5).double(), grown.lam)
+    torch.testing.assert_close(grown.weight, W, rtol=1e-8, atol=1e-10)
+    torch.testing.assert_close(grown.bias, b, rtol=1e-8, atol=1e-10)
+    again = type(grown).from_state_dict(grown.state_dict())
+    assert isinstance(again.stats, RidgeRows) and torch.equal(again(q), grown(q))
+    more = head.partial_fit(grown, *_episodes(e=3, shot=8, d=40, seed=12)[:2], 5)   # 50 rows of 40-d
+    assert isinstance(more.stats, RidgeStats) and int(more.stats.n[0]) == 50
+
+
 def test_ls_mlp_random_features_grow_as_ridge_on_the_fixed_hidden_layer():
     x, y, q = _episodes(e=2, shot=4, d=12, seed=9)
     (xa, ya), (xb, yb) = _two_chunks(x, y)

@@ -54,16 +54,7 @@ def _nn(fitted: FittedNN) -> torch.Tensor:
 
 
 def _ridge(fitted: FittedLinear, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    reg, b, mu, ybar = fitted.stats.regularised(fitted.lam)
-    reg, b, mu, ybar = reg[0], b[0], mu[0], ybar[0]
-    xc = z.double() - mu
-    chol, info = torch.linalg.cholesky_ex(reg)
-    if int(info) == 0:
-        h, w = torch.cholesky_solve(xc.T, chol).T, torch.cholesky_solve(b, chol)
-    else:
-        h, w = torch.linalg.solve(reg, xc.T).T, torch.linalg.lstsq(reg, b).solution
-    h = (xc * h).sum(1) + 1.0 / float(fitted.stats.n[0])
-    fitted_y = xc @ w + ybar
+    h, fitted_y = fitted.stats.loo(fitted.lam, z)
     target = nn.functional.one_hot(y, fitted_y.shape[1]).double()
     loo = (fitted_y - h.unsqueeze(1) * target) / (1 - h).clamp_min(1e-12).unsqueeze(1)
     return loo.float()

@@ -151,8 +151,10 @@ def _check_head(c: _Checker, head: Any) -> tuple[int, int]:
         found = head.get("kind") if isinstance(head, dict) else head
         c.fail("head.kind", f"must be proto, ls or nn, got {found!r}")
     kind = head["kind"]
+    rows_form = kind == "ls" and "rows" in head   # an ls fit with fewer rows than features keeps them
+    stats = {"rows", "labels"} if rows_form else {"xtx", "xsum", "xty"}
     want = {"proto": {"sums", "counts", "distance"},
-            "ls": {"xtx", "xsum", "xty", "counts", "lam", "weight", "bias"},
+            "ls": stats | {"counts", "lam", "weight", "bias"},
             "nn": {"features", "labels", "num_classes", "distance"}}[kind]
     optional = {"proto": {"scale"}, "ls": set(), "nn": {"k", "weighted"}}[kind]  # absent: the defaults
     got = set(map(str, head)) - {"kind"}
@@ -177,12 +179,22 @@ def _check_head(c: _Checker, head: Any) -> tuple[int, int]:
         weight = c.tensor("head.weight", head["weight"], 2)
         d, k = weight.shape
         c.tensor("head.bias", head["bias"], 1, shape=(k,))
-        c.tensor("head.xtx", head["xtx"], 2, shape=(d, d))
-        c.tensor("head.xsum", head["xsum"], 1, shape=(d,))
-        c.tensor("head.xty", head["xty"], 2, shape=(d, k))
         counts = c.tensor("head.counts", head["counts"], 1, floating=False, shape=(k,))
         if counts.numel() and int(counts.min()) < 0:
             c.fail("head.counts", "counts must be >= 0")
+        if rows_form:
+            rows = c.tensor("head.rows", head["rows"], 2)
+            if not 1 <= rows.shape[0] < d or rows.shape[1] != d:
+                c.fail("head.rows", f"must be [n, {d}] with 1 <= n < {d}, got {tuple(rows.shape)}")
+            labels = c.tensor("head.labels", head["labels"], 1, floating=False, shape=(rows.shape[0],))
+            if int(labels.min()) < 0 or int(labels.max()) >= k:
+                c.fail("head.labels", f"must lie in [0, {k})")
+            if not torch.equal(torch.bincount(labels.long(), minlength=k), counts.long()):
+                c.fail("head.counts", "do not match the labels of the rows")
+        else:
+            c.tensor("head.xtx", head["xtx"], 2, shape=(d, d))
+            c.tensor("head.xsum", head["xsum"], 1, shape=(d,))
+            c.tensor("head.xty", head["xty"], 2, shape=(d, k))
         c.number("head.lam", head["lam"], positive=True)
     else:
         feats = c.tensor("head.features", head["features"], 2)

@@ -34,8 +34,7 @@ from fewshot.heads.ridge import (
     loo_select,
     ridge_fit,
 )
-from fewshot.heads.ridge_stats import FIELDS as STAT_FIELDS
-from fewshot.heads.ridge_stats import RidgeStats
+from fewshot.heads.ridge_stats import RidgeRows, RidgeStats, ridge_statistics, stats_from_state_dict
 from fewshot.options import check, finite_positive
 
 
@@ -47,7 +46,7 @@ class FittedLinear:
     weight: torch.Tensor  # [E,D,way]
     bias: torch.Tensor    # [E,way]
     lam: torch.Tensor     # [E]
-    stats: RidgeStats | None = None
+    stats: RidgeStats | RidgeRows | None = None
 
     @property
     def way(self) -> int:
@@ -55,15 +54,14 @@ class FittedLinear:
 
     def state_dict(self) -> dict:
         """``weight``, ``bias``, ``lam`` and, when kept, the statistics (``xtx``, ``xsum``, ``xty``,
-        ``counts``)."""
+        ``counts``; with fewer rows than features the rows: ``rows``, ``labels``, ``counts``)."""
         out = {"weight": self.weight, "bias": self.bias, "lam": self.lam}
         return out if self.stats is None else {**out, **self.stats.state_dict()}
 
     @classmethod
     def from_state_dict(cls, d: dict) -> FittedLinear:
         lam = torch.as_tensor(d["lam"], dtype=torch.float64).reshape(-1)
-        stats = RidgeStats.from_state_dict(d) if all(k in d for k in STAT_FIELDS) else None
-        return cls(d["weight"], d["bias"], lam, stats)
+        return cls(d["weight"], d["bias"], lam, stats_from_state_dict(d))
 
     def __call__(self, query: torch.Tensor) -> torch.Tensor:
         check_query(query, self.weight.shape[1], self.weight.shape[0])
@@ -174,7 +172,7 @@ class LSHead:
         check_support(support, support_labels, way)
         if not self.fit_intercept:
             raise FewShotError("partial_fit of the ls head fits an intercept; use fit_intercept=True")
-        new = RidgeStats.from_rows(support, support_labels, way)
+        new = ridge_statistics(support, support_labels, way)
         if fitted is not None:
             if fitted.stats is None:
                 raise FewShotError("this ls fit keeps no statistics to extend (it came from fit(); "
