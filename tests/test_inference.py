@@ -9,7 +9,7 @@ import pytest
 import torch
 from adapt_fixtures import checkpoint, folders  # noqa: F401 - fixtures
 
-from fewshot.adaptation.classifier import load_classifier
+from fewshot.adaptation.classifier import load_classifier, read_images
 from fewshot.errors import FewShotError
 from fewshot.evaluation.inference import (
     InferenceModel,
@@ -144,3 +144,7 @@ def test_int8_classifier_predictions_agree_and_survive_save_load(checkpoint, fol
     assert agree >= 0.8, agree
     again = load_classifier(int8.save(tmp_path / "q.fewshot"))
     assert again.int8 and again.predict(paths).labels == p8.labels
+    turned = A.adapt(checkpoint, support, head="proto", int8=True, tta_args={"symmetries": 2})
+    with torch.no_grad():   # the int8 module path of symmetries is the embedding path
+        x = turned.check_images(read_images(paths[:3], turned.preprocess)[0])
+        torch.testing.assert_close(turned.features(x), turned.embed(x), atol=1e-4, rtol=1e-3)

@@ -272,6 +272,28 @@ def test_validation_tta_is_seeded_and_reported_beside_the_plain_figure(tmp_path)
         train(_cfg(val_tta=0), data, val, tmp_path / "bad", progress=False)
 
 
+def test_validation_with_symmetries_is_the_figure_evaluation_reproduces(tmp_path):
+    from episodes import EpisodeSpec, sample_episodes
+    from fewshot.evaluation.features import transform
+    from fewshot.training.objectives import episode_accuracy
+    from fewshot.training.validation import Validation
+
+    data, val = digits_set(per_class=8).split_classes(0.3, seed=0)
+    res = train(_cfg(epochs=1, val_tta=2, val_tta_symmetries=4), data, val, tmp_path / "run", progress=False)
+    row = res.metrics[-1]
+    model, info = load_encoder(res.best_path)
+    tta = checkpoint_tta(info)
+    assert (tta.views, tta.symmetries) == (2, 4) and info.get("transform") is None
+    eps = sample_episodes(val, EpisodeSpec(3, 1, 5), 20, seed=0, drop_small=True)
+    feats = embed(model, val.images, info["preprocess"], device="cpu", progress=False, tta=tta)
+    assert feats.shape[1] == 4 * model.embedding_dim
+    got = episode_accuracy(transform(feats, "l2", blocks=4), eps)   # evaluation's default for cosine
+    assert float(got.mean()) == pytest.approx(row["val_3w1s"], abs=1e-6)
+    # the blocks are transformed one by one, as evaluation does
+    assert Validation(_cfg(val_tta=2, val_tta_symmetries=4), val, "cosine", 1).transform == "l2"
+    assert Validation(_cfg(val_tta=2), val, "cosine", 1).transform is None
+
+
 def test_omniglot_recipe_runs_on_real_omniglot(omniglot_dir, tmp_path):
     """The shipped Omniglot recipe end to end on real data (ink framing, rotation + mirror classes,
     per-block widths, TTA validation with views and symmetries), shortened: one small1 alphabet,

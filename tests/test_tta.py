@@ -164,6 +164,8 @@ def test_eval_with_symmetries_records_them_and_scores_the_mean_similarity(tmp_pa
     assert "symmetries" not in plain.config["tta"]
     assert not np.array_equal(plain.accuracy[("proto", 1)], res.accuracy[("proto", 1)])
     assert all(0 < acc.mean() <= 1 for acc in res.accuracy.values())
+    with pytest.raises(FewShotError, match="proto-dc calibrates toward base-class means of single"):
+        evaluate(ckpt, digits, cache_dir=tmp_path / "c", **{**kw, "heads": "proto,proto-dc"})
 
 
 # ------------------------------------------------------------------ eval / CLI

@@ -362,6 +362,11 @@ def evaluate(checkpoint: str | os.PathLike | tuple[torch.nn.Module, dict], data:
     head_objs = build_heads(heads, distance)
     ep_sets = _episode_sets(data, episodes)
     tta = resolve_tta(info, tta_views, tta_args)
+    calibrating = [h.name for h in head_objs if callable(getattr(h, "with_base_means", None))]
+    if tta.symmetries > 1 and calibrating:   # their base statistics are of single embeddings
+        raise FewShotError(f"head {', '.join(calibrating)} calibrates toward base-class means of single "
+                           f"embeddings, and with TTA symmetries a feature concatenates {tta.symmetries} "
+                           "of them (use --tta-arg symmetries=1)")
 
     feats = embed_cached((model, info), data, cache_dir=cache_dir, device=dev, batch_size=batch_size,
                          progress=progress, tta=tta)

@@ -10,7 +10,7 @@ import torch
 
 from episodes import EpisodeSpec, ImageSet, sample_episodes
 from fewshot.errors import FewShotError
-from fewshot.evaluation.features import check_finite, embed, embed_tensor, transform
+from fewshot.evaluation.features import check_finite, default_transform, embed, embed_tensor, transform
 from fewshot.evaluation.tta import TTA, tta_from_config
 from fewshot.training.config import TrainConfig
 
@@ -39,6 +39,11 @@ class Validation:
                                            seed=cfg.seed, within_group=cfg.val_within_group, drop_small=True)
                      for shot in cfg.val_shots}
         self.tta: TTA = tta_from_config(cfg.to_dict(), channels, distance)  # what the checkpoint records
+        # the features' transform: the recorded one; with TTA symmetries evaluation's default for the
+        # distance too, since their blocks are transformed one by one (the cosine of the whole
+        # concatenation would weigh the blocks by their norms)
+        self.transform = cfg.eval_transform or (default_transform(distance) if self.tta.symmetries > 1
+                                                 else None)
         self._framed: torch.Tensor | None = None
 
     def _inputs(self, preprocess) -> tuple[torch.Tensor, object]:
@@ -90,8 +95,8 @@ class Validation:
             views = {"_plain": views[""]}
             if with_tta:
                 views[""] = self._embed(model, preprocess, device, self.tta).to(device)
-        if cfg.eval_transform is not None:   # the TTA figure's symmetries are blocks of its features
-            views = {k: transform(v, cfg.eval_transform, blocks=self.tta.symmetries if k == "" and
+        if self.transform is not None:   # the TTA figure's symmetries are blocks of its features
+            views = {k: transform(v, self.transform, blocks=self.tta.symmetries if k == "" and
                                   not self.tta.plain else 1) for k, v in views.items()}
         out = {}
         for shot, eps in self.sets.items():
