@@ -15,6 +15,10 @@ under the checkpoint's feature transform (``--transform`` overrides; applied to 
 - ``ls-views``: ridge (the ``ls`` head) fitted on every view of the support images as its own row
   (``--ls-views`` of them), the query's TTA mean scored.
 
+``--symmetries`` adds the views x symmetries table (prototypes on ``fewshot eval``'s features with
+``--tta-arg symmetries=S``: per-symmetry view means, transformed block by block) and the tangent
+distance (``--subspace``'s, k = 16) summed over the symmetries.
+
     nice python benchmarks/tta_levers.py --checkpoint /tmp/omni-run/best.pt --views 64
     nice python benchmarks/tta_levers.py --checkpoint /tmp/omni-run/best.pt --views 32 --tta-arg degrees=20
 """
@@ -35,7 +39,7 @@ from fewshot.evaluation.evaluate import build_heads, score_episodes
 from fewshot.evaluation.features import checkpoint_transform, embed, transform
 from fewshot.evaluation.inference import inference_model
 from fewshot.evaluation.stats import mean_ci
-from fewshot.evaluation.tta import dihedral, override_tta, parse_tta_args, resolve_tta
+from fewshot.evaluation.tta import SYMMETRIES, dihedral, override_tta, parse_tta_args, resolve_tta
 from fewshot.models.checkpoint import load_encoder
 from fewshot.training.objectives import episode_accuracy
 
@@ -43,35 +47,43 @@ DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "omniglo
 DEFAULT = get_protocol("omniglot-minimal").at(DATA).val.spec   # small2's katakana + Sanskrit (dev val)
 
 
-def view_features(model, data, pre, tta, batch_size: int) -> torch.Tensor:
-    """Unit embeddings of every view: ``float16 [N, V, D]``."""
+def view_features(model, images: torch.Tensor, pre, tta, batch_size: int) -> torch.Tensor:
+    """Unit embeddings of every view of uint8 ``images [N, C, H, W]``: ``float16 [N, V, D]``."""
     fast = inference_model(model, "cpu")
     per = max(1, batch_size // tta.views)
     out = []
     with torch.inference_mode():
-        for s in range(0, len(data), per):
-            x = pre.normalize(tta.expand(pre.to_unit(data.images[s:s + per])))
+        for s in range(0, len(images), per):
+            x = pre.normalize(tta.expand(pre.to_unit(images[s:s + per])))
             emb = F.normalize(fast(x).float(), dim=-1)
             out.append(emb.view(-1, tta.views, emb.shape[-1]).half())
     return torch.cat(out)
 
 
-def subspace_accuracy(views: torch.Tensor, eps, k: int, chunk: int = 25) -> torch.Tensor:
-    """Tangent distance: query (unit mean of its views) to each support image's k-dim view subspace."""
+def subspace_distances(views: torch.Tensor, eps, k: int, chunk: int = 25) -> torch.Tensor:
+    """Tangent distance ``[E, Q, S]``: each query (unit mean of its views) to each support image's
+    k-dim view subspace (through the mean of its views)."""
     q_all = F.normalize(views.mean(1), dim=-1)
     centre = views.mean(1)
     basis = torch.linalg.svd(views - centre.unsqueeze(1), full_matrices=False).Vh[:, :k]   # [N, k, D]
     s_idx, q_idx = eps.support.reshape(len(eps), -1), eps.query.reshape(len(eps), -1)
-    sy, qy = eps.labels()
-    accs = []
+    out = []
     for start in range(0, len(eps), chunk):
         si, qi = s_idx[start:start + chunk], q_idx[start:start + chunk]
         diff = q_all[qi].unsqueeze(2) - centre[si].unsqueeze(1)                       # [e, Q, S, D]
         along = torch.einsum("eqsd,eskd->eqsk", diff, basis[si])
-        dist = diff.pow(2).sum(-1) - along.pow(2).sum(-1)
-        pred = sy[start:start + chunk].gather(1, dist.argmin(-1))
-        accs.append((pred == qy[start:start + chunk]).double().mean(1))
-    return torch.cat(accs)
+        out.append(diff.pow(2).sum(-1) - along.pow(2).sum(-1))
+    return torch.cat(out)
+
+
+def nearest_accuracy(dist: torch.Tensor, eps) -> torch.Tensor:
+    """Per-episode accuracy of 1-shot distances ``[E, Q, S]`` (the support image is its class)."""
+    sy, qy = eps.labels()
+    return (sy.gather(1, dist.argmin(-1)) == qy).double().mean(1)
+
+
+def subspace_accuracy(views: torch.Tensor, eps, k: int) -> torch.Tensor:
+    return nearest_accuracy(subspace_distances(views, eps, k), eps)
 
 
 def whitened(feats: torch.Tensor, base: torch.Tensor, base_labels: torch.Tensor,
@@ -122,6 +134,9 @@ def main() -> None:
     ap.add_argument("--subspace", action="store_true", help="tangent distance to the support views' subspace")
     ap.add_argument("--base", default=None, help="base data (the training set) for the whitening lever")
     ap.add_argument("--dihedral", action="store_true", help="ensemble of the 8 symmetries (7 more passes)")
+    ap.add_argument("--symmetries", action="store_true",
+                    help="views x symmetries (TTA symmetries 1/2/4/8, scored through fewshot eval's block "
+                         "transform) and tangent distance summed over the symmetries (7 more passes)")
     ap.add_argument("--transductive", action="store_true", help="query-refined prototypes (reference only)")
     ap.add_argument("--with", dest="others", action="append", default=[], metavar="CKPT",
                     help="another checkpoint whose features are concatenated (ensemble)")
@@ -129,14 +144,15 @@ def main() -> None:
     model, info = load_encoder(args.checkpoint)
     pre = info["preprocess"]
     kind = args.transform or checkpoint_transform(info, "cosine")
-    tta = override_tta(resolve_tta(info), args.views, parse_tta_args(args.tta_arg))
+    # one symmetry: the views of the image itself (--symmetries turns the images here, not in the TTA)
+    tta = override_tta(resolve_tta(info), args.views, {**parse_tta_args(args.tta_arg), "symmetries": 1})
     size = None if pre.frame is not None else pre.image_size[0]   # framing reads full-size drawings
     data = episodes.load_data(args.data, None, image_size=size, channels=pre.channels)
     eps = sample_episodes(data, EpisodeSpec(20, 1, 5), args.episodes, seed=0, within_group=True)
     print(f"{data.describe()}\n{args.episodes} episodes 20-way 1-shot within-alphabet, 5 queries; "
           f"TTA {tta.describe()}; transform {kind}", flush=True)
     t0 = time.perf_counter()
-    views = view_features(model, data, pre, tta, args.batch_size)
+    views = view_features(model, data.images, pre, tta, args.batch_size)
     print(f"  embedded {views.shape[0]} x {views.shape[1]} views in {time.perf_counter() - t0:.0f} s",
           flush=True)
     proto = build_heads("proto", "cosine")
@@ -191,6 +207,19 @@ def main() -> None:
             parts.append(transform(turned, kind))
             show(f"symmetry {g} alone", episode_accuracy(parts[-1], eps).numpy())
         show("dihedral (8 concatenated)", episode_accuracy(torch.cat(parts, 1), eps).numpy())
+    if args.symmetries:   # every symmetry's views, kept: [8][N, V, D] float16
+        turned = [views] + [view_features(model, dihedral(data.images, g).contiguous(), pre, tta,
+                                          args.batch_size) for g in range(1, 8)]
+        for k in ks:
+            means = [v[:, :k].float().mean(1) for v in turned]
+            row = []
+            for count, group in SYMMETRIES.items():   # fewshot eval's features: blocks transformed one by one
+                feats_s = transform(torch.cat([means[g] for g in group], 1), kind, blocks=count)
+                row.append(100 * float(score_episodes(feats_s, eps, proto)["proto"].mean()))
+            print(f"  {k:3d} views x symmetries 1/2/4/8: " + "  ".join(f"{a:6.2f}" for a in row), flush=True)
+        dist = [subspace_distances(transform(v.float(), kind), eps, 16) for v in turned]
+        for count, group in SYMMETRIES.items():
+            show(f"subspace-16, {count} sym", nearest_accuracy(sum(dist[g] for g in group), eps).numpy())
     if args.others:
         parts = [feats]
         for path in args.others:

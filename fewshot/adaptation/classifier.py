@@ -334,7 +334,8 @@ class FewShotClassifier(nn.Module):
     def extra_repr(self) -> str:
         return (f"head={self.head_kind}, classes={self.num_classes}, transform={self.transform}, "
                 f"temperature={self.temperature:.4g}, int8={self.int8}"
-                + ("" if self.tta is None or self.tta.plain else f", tta={self.tta.views}"))
+                + ("" if self.tta is None or self.tta.plain else f", tta={self.tta.views}")
+                + ("" if self.blocks == 1 else f", symmetries={self.blocks}"))
 
 
 # ------------------------------------------------------------------ hashing
