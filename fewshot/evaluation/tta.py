@@ -39,8 +39,8 @@ from fewshot.options import declared, parse_pairs, typed_options
 from fewshot.seeds import derive_seed
 from fewshot.training.augment import AUGMENT_MODES, Augment
 
-__all__ = ["TTA", "DRAWING_AUGMENT", "PHOTO_AUGMENT", "SYMMETRIES", "default_augment", "dihedral",
-           "tta_from_config", "checkpoint_tta", "resolve_tta", "override_tta", "parse_tta_args",
+__all__ = ["TTA", "DRAWING_AUGMENT", "PHOTO_AUGMENT", "SYMMETRIES", "check_symmetries", "default_augment",
+           "dihedral", "tta_from_config", "checkpoint_tta", "resolve_tta", "override_tta", "parse_tta_args",
            "images_per_pass"]
 
 # Drawings (1 channel): milder than the Omniglot training augmentation (the recipe's choice).
@@ -52,6 +52,13 @@ _NOT_GEOMETRIC = ("brightness", "contrast", "saturation", "erase")
 # symmetries of the square a TTA can add: the identity; + the mirror image; the four quarter turns;
 # all eight (the dihedral group), as indices of :func:`dihedral`
 SYMMETRIES = {1: (0,), 2: (0, 4), 4: (0, 1, 2, 3), 8: tuple(range(8))}
+
+
+def check_symmetries(value: Any, what: str) -> int:
+    """``value`` as a count of :data:`SYMMETRIES` (1, 2, 4 or 8), else a one-line error naming ``what``."""
+    if isinstance(value, bool) or value not in SYMMETRIES:
+        raise FewShotError(f"{what} must be 1, 2, 4 or 8, got {value!r}")
+    return int(value)
 
 
 def dihedral(x: torch.Tensor, g: int) -> torch.Tensor:
@@ -99,9 +106,7 @@ class TTA:
                                f"drop {', '.join(k for k in _NOT_GEOMETRIC if getattr(aug, k))}")
         self.augment = aug.to_dict()
         self.normalize = bool(self.normalize)
-        if isinstance(self.symmetries, bool) or self.symmetries not in SYMMETRIES:
-            raise FewShotError(f"TTA symmetries must be 1, 2, 4 or 8, got {self.symmetries!r}")
-        self.symmetries = int(self.symmetries)
+        self.symmetries = check_symmetries(self.symmetries, "TTA symmetries")
         self._aug = aug
 
     @property

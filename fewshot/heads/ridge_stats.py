@@ -237,8 +237,9 @@ class RidgeRows:
         reg = k + lam0 * torch.eye(k.shape[0], dtype=k.dtype, device=k.device)
         zc = z.double() - mu
         kz = xc @ zc.T                                                          # [n_rows, n_z]
-        h = (zc.pow(2).sum(1) - (kz * torch.linalg.solve(reg, kz)).sum(0)) / lam0
-        w = xc.T @ torch.linalg.solve(reg, yc)
+        solved = torch.linalg.solve(reg, torch.cat([kz, yc], 1))              # one factorisation
+        h = (zc.pow(2).sum(1) - (kz * solved[:, :kz.shape[1]]).sum(0)) / lam0
+        w = xc.T @ solved[:, kz.shape[1]:]
         return h + 1.0 / float(self.n[0]), zc @ w + ybar
 
     def state_dict(self) -> dict:

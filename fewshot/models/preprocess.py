@@ -19,7 +19,18 @@ import torch.nn.functional as F
 
 from fewshot.errors import FewShotError
 
-__all__ = ["Preprocess", "frame_ink"]
+__all__ = ["Preprocess", "check_frame", "frame_ink"]
+
+
+def check_frame(frame) -> float:
+    """A framing fill as a float in (0, 1], else a one-line error."""
+    try:
+        value = float(frame)
+    except (TypeError, ValueError):
+        value = float("nan")
+    if not 0 < value <= 1:
+        raise FewShotError(f"frame must be in (0, 1] (the share of the side the ink fills), got {frame!r}")
+    return value
 
 
 def frame_ink(x: torch.Tensor, fill: float, size: tuple[int, int], threshold: float = 0.5) -> torch.Tensor:
@@ -73,13 +84,11 @@ class Preprocess:
         std = [float(std)] * channels if isinstance(std, (int, float)) else [float(v) for v in std]
         if len(mean) != channels or len(std) != channels or min(std) <= 0:
             raise FewShotError(f"mean/std need {channels} values with std > 0, got {mean} / {std}")
-        if frame is not None and not 0 < float(frame) <= 1:
-            raise FewShotError(f"frame must be in (0, 1] (the share of the side the ink fills), "
-                               f"got {frame!r}")
+        frame = None if frame is None else check_frame(frame)
         self.image_size: tuple[int, int] = hw  # type: ignore[assignment]
         self.channels = channels
         self.mean, self.std = mean, std
-        self.frame = None if frame is None else float(frame)
+        self.frame = frame
 
     @classmethod
     def fit(cls, images: torch.Tensor, image_size: int | Sequence[int] | None = None,

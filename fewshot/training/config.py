@@ -17,9 +17,10 @@ from episodes.protocols import PROTOCOL_VAL, validation_settings
 from fewshot.device import check_precision
 from fewshot.errors import FewShotError
 from fewshot.evaluation.features import TRANSFORMS
-from fewshot.evaluation.tta import SYMMETRIES
+from fewshot.evaluation.tta import check_symmetries
 from fewshot.models.encoders import ENCODERS
 from fewshot.models.losses import DISTANCES, LOSSES, MINERS
+from fewshot.models.preprocess import check_frame
 from fewshot.options import check_option_types, from_options
 from fewshot.registry import Registry
 
@@ -216,10 +217,9 @@ def check_config(cfg: TrainConfig, world: int | None = None) -> None:
         raise FewShotError(f"seed must be a non-negative integer, got {cfg.seed}")
     if int(cfg.val_tta_every) < 0:
         raise FewShotError(f"val-tta-every must be >= 0 (0: only the last epoch), got {cfg.val_tta_every}")
-    if cfg.val_tta_symmetries not in SYMMETRIES or isinstance(cfg.val_tta_symmetries, bool):
-        raise FewShotError(f"val-tta-symmetries must be 1, 2, 4 or 8, got {cfg.val_tta_symmetries!r}")
-    if cfg.frame is not None and not 0 < cfg.frame <= 1:
-        raise FewShotError(f"frame must be in (0, 1] (the share of the side the ink fills), got {cfg.frame}")
+    check_symmetries(cfg.val_tta_symmetries, "val-tta-symmetries")
+    if cfg.frame is not None:
+        check_frame(cfg.frame)
     if cfg.frame is not None and cfg.image_size is None:
         raise FewShotError("frame needs image-size: the size the framed ink is resampled to")
     if cfg.lr <= 0 or cfg.weight_decay < 0 or cfg.w_metric < 0 or cfg.w_ce < 0:
