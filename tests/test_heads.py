@@ -217,9 +217,9 @@ def test_ill_conditioned_episodes_give_finite_logits(name):
 
 # ----------------------------------------------------------------------------------- registry
 def test_registry_and_user_heads():
-    assert set(HEADS) == {"proto", "nn", "ls", "ls-mlp", "logreg", "proto-dc"}
-    with pytest.raises(FewShotError,
-                       match="unknown head 'svm'; choose one of proto, nn, ls, ls-mlp, logreg, proto-dc"):
+    assert set(HEADS) == {"proto", "nn", "ls", "ls-mlp", "logreg", "proto-dc", "tangent"}
+    with pytest.raises(FewShotError, match="unknown head 'svm'; choose one of proto, nn, ls, ls-mlp, logreg, "
+                                           "proto-dc, tangent"):
         get_head("svm")
     with pytest.raises(FewShotError, match=r"unknown head 'proto' options \['k'\]; valid: distance"):
         get_head("proto", k=3)
@@ -250,8 +250,8 @@ def test_real_digits_pixels_all_heads_learn_and_ls_matches_sklearn():
     s, sy, q, qy = eps.gather(feats)
     accs = {}
     for name in HEADS:
-        if name == "proto-dc":   # needs base classes apart from these: tests/test_proto_dc.py
-            continue
+        if name in ("proto-dc", "tangent"):   # base classes apart from these: tests/test_proto_dc.py;
+            continue                            # each image's views: tests/test_tangent.py
         accs[name] = float((get_head(name).fit(s, sy, 5)(q).argmax(-1) == qy).float().mean())
     assert min(accs.values()) > 0.85, accs                  # chance is 0.2; digits pixels are easy
     fitted = LSHead().fit(s, sy, 5)

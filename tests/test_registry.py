@@ -156,7 +156,8 @@ def test_every_entry_of_every_registry_builds_with_its_defaults(registry, name):
         s, y = torch.randn(1, 4, 8), torch.tensor([[0, 0, 1, 1]])
         if callable(getattr(obj, "with_base_means", None)):   # proto-dc: the checkpoint's base-class means
             obj.with_base_means(torch.randn(3, 8))
-        assert obj.fit(s, y, 2)(torch.randn(1, 3, 8)).shape == (1, 3, 2)
+        extra = {"tangents": torch.zeros(1, 4, 1, 2, 8)} if getattr(obj, "tangents", 0) else {}
+        assert obj.fit(s, y, 2, **extra)(torch.randn(1, 3, 8)).shape == (1, 3, 2)
     elif registry is TRANSFORMS:
         assert obj(torch.ones(2, 4), torch.zeros(4)).shape == (2, 4)
     elif registry is AUGMENT_MODES:

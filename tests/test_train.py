@@ -9,7 +9,7 @@ from pytorch_metric_learning import losses
 from fewshot.cli import main
 from fewshot.errors import FewShotError
 from fewshot.evaluation.features import embed
-from fewshot.evaluation.tta import TTA, checkpoint_tta
+from fewshot.evaluation.tta import TTA, checkpoint_tta, override_tta
 from fewshot.models.checkpoint import load_checkpoint, load_encoder
 from fewshot.models.preprocess import Preprocess
 from fewshot.training.augment import Augment
@@ -272,6 +272,26 @@ def test_validation_tta_is_seeded_and_reported_beside_the_plain_figure(tmp_path)
         train(_cfg(val_tta=0), data, val, tmp_path / "bad", progress=False)
 
 
+def test_eval_tta_sets_what_the_checkpoint_records_and_validation_keeps_its_own():
+    from fewshot.evaluation.tta import tta_from_config
+    from fewshot.training.config import check_config
+    from fewshot.training.validation import Validation
+
+    cfg = _cfg(val_tta=2, val_tta_symmetries=2, eval_tta=3, eval_tta_symmetries=4,
+               val_tta_augment={"elastic": 0.05})
+    check_config(cfg)
+    recorded = tta_from_config(cfg.to_dict(), 1, "cosine")
+    own = Validation(cfg, digits_set(per_class=8), "cosine", 1).tta
+    assert (recorded.views, recorded.symmetries, own.views, own.symmetries) == (3, 4, 2, 2)
+    assert recorded.augment == own.augment and own.augment["elastic"] == 0.05
+    unset = tta_from_config(_cfg(val_tta=2).to_dict(), 1, "cosine")   # no eval_tta: validation's
+    assert (unset.views, unset.symmetries) == (2, 1)
+    with pytest.raises(FewShotError, match="eval-tta must be a positive integer, got 0"):
+        check_config(_cfg(eval_tta=0))
+    with pytest.raises(FewShotError, match="eval-tta-symmetries must be 1, 2, 4 or 8, got 3"):
+        check_config(_cfg(eval_tta_symmetries=3))
+
+
 def test_validation_with_symmetries_is_the_figure_evaluation_reproduces(tmp_path):
     from episodes import EpisodeSpec, sample_episodes
     from fewshot.evaluation.features import transform
@@ -323,8 +343,9 @@ def test_omniglot_recipe_runs_on_real_omniglot(omniglot_dir, tmp_path):
     eps = sample_episodes(val, EpisodeSpec(20, 1, 5), 20, seed=0, within_group=True, drop_small=True)
     feats = transform(embed(model, val, pre, batch_size=512, progress=False), info["transform"])
     assert float(episode_accuracy(feats, eps).mean()) == pytest.approx(row["val_20w1s_plain"], abs=1e-6)
-    tta = checkpoint_tta(info)                                         # the recipe's views and symmetries
-    assert (tta.views, tta.symmetries) == (32, 4)
+    recorded = checkpoint_tta(info)                                    # evaluation's default: eval_tta
+    assert (recorded.views, recorded.symmetries, recorded.augment["elastic"]) == (64, 8, 0.05)
+    tta = override_tta(recorded, 32, {"symmetries": 4})               # what the run validated with
     views = transform(embed(model, val, pre, batch_size=512, progress=False, tta=tta), info["transform"],
                       blocks=tta.symmetries)
     assert float(episode_accuracy(views, eps).mean()) == pytest.approx(row["val_20w1s"], abs=1e-6)

@@ -38,6 +38,7 @@ from fewshot.evaluation.features import (
 )
 from fewshot.evaluation.features import transform as apply_transform
 from fewshot.evaluation.inference import threads as limit_threads
+from fewshot.evaluation.tangents import embed_with_tangents
 from fewshot.evaluation.tta import resolve_tta
 from fewshot.heads import Head, get_head
 from fewshot.heads.base import check_distance
@@ -87,6 +88,12 @@ def batched(head: Head) -> bool:
     return callable(getattr(head, "score_batch", None)) and bool(getattr(head, "batched", True))
 
 
+def tangent_count(head: Head) -> int:
+    """View directions per image a head needs (``tangents``, e.g. the ``tangent`` head's ``k``); 0: none."""
+    k = getattr(head, "tangents", 0)
+    return k if isinstance(k, int) and not isinstance(k, bool) and k > 0 else 0
+
+
 def score_chunk(rows: torch.Tensor, n_support: int, support_labels: torch.Tensor, way: int,
                 heads: Sequence[Head], *, origin: torch.Tensor | None = None,
                 origin_proj: torch.Tensor | None = None, raw: torch.Tensor | None = None,
@@ -111,7 +118,7 @@ def score_chunk(rows: torch.Tensor, n_support: int, support_labels: torch.Tensor
 
 def score_episodes(features: torch.Tensor, episodes: Episodes, heads: Sequence[Head], *,
                    chunk_size: int | None = None, progress: bool = False,
-                   threads: int | None = 1) -> dict[str, np.ndarray]:
+                   threads: int | None = 1, tangents: torch.Tensor | None = None) -> dict[str, np.ndarray]:
     """Accuracy of every head on every episode: ``{head name: float64 [E]}``.
 
     Episodes are processed ``chunk_size`` at a time (default: as many as fit ``CHUNK_BYTES`` of
@@ -119,14 +126,26 @@ def score_episodes(features: torch.Tensor, episodes: Episodes, heads: Sequence[H
     scores the whole chunk in one batched call (:func:`score_chunk`). ``threads``: intra-op
     threads for the heads (default 1: their work is many small batched ops, where thread
     synchronisation costs more than it saves, up to 10x more on a busy machine; None keeps
-    torch's setting). The embedding pass is not affected.
+    torch's setting). The embedding pass is not affected. ``tangents``: every image's view features
+    and directions (:class:`fewshot.evaluation.tangents.ViewTangents`), which the heads that need
+    them (``tangent``, :func:`tangent_count`) are fitted and scored on instead of ``features``.
     """
     from fewshot.progress import progress as progress_bar
 
     e = len(episodes)
     way, shot, q = episodes.spec.way, episodes.support.shape[2], episodes.query.shape[2]
     n_support = way * shot
-    chunk = chunk_size or _chunk_size(e, way * (shot + q), features.shape[-1])
+    on_views = [h for h in heads if tangent_count(h)]
+    heads_plain = [h for h in heads if not tangent_count(h)]
+    if on_views and tangents is None:
+        raise FewShotError(f"head {', '.join(h.name for h in on_views)} needs every image's view directions, "
+                           "which evaluation computes from TTA views (--tta N with N >= 2)")
+    if on_views and len(tangents) != features.shape[0]:
+        raise FewShotError(f"view directions for {len(tangents)} images, features for {features.shape[0]}")
+    # rows of D floats gathered per episode: the features, and for tangent heads the view features
+    # and the support rows' directions
+    gathered = way * (shot + q) * (2 if on_views else 1) + (n_support * tangents.k if on_views else 0)
+    chunk = chunk_size or _chunk_size(e, gathered, features.shape[-1])
     out = {h.name: np.empty(e, dtype=np.float64) for h in heads}
     bar = progress_bar(total=e * len(heads), desc=f"{way}-way {shot}-shot", unit="ep", disable=not progress)
     index = torch.cat([episodes.support.reshape(e, -1), episodes.query.reshape(e, -1)], 1).to(features.device)
@@ -138,7 +157,7 @@ def score_episodes(features: torch.Tensor, episodes: Episodes, heads: Sequence[H
     centred, mu, proj, row_sq = centred_features(features)
     # reused by every chunk (allocating tens of MB per chunk costs more in page faults than the work)
     buf = torch.empty(min(chunk, e) * rows_per_ep, d, dtype=features.dtype, device=features.device)
-    raw_buf = None if all(batched(h) for h in heads) else torch.empty_like(buf)
+    raw_buf = None if all(batched(h) for h in heads_plain) else torch.empty_like(buf)
     with torch.no_grad(), limit_threads(threads):
         for start in range(0, e, chunk):
             stop = min(e, start + chunk)
@@ -148,9 +167,13 @@ def score_episodes(features: torch.Tensor, episodes: Episodes, heads: Sequence[H
             raw = None if raw_buf is None else torch.index_select(
                 features, 0, idx, out=raw_buf[:n * rows_per_ep]).view(n, rows_per_ep, d)
             sy, qy = sy_all[start:stop].to(features.device), qy_all[start:stop].to(features.device)
-            logits = score_chunk(rows, n_support, sy, way, heads, origin=mu,
+            logits = score_chunk(rows, n_support, sy, way, heads_plain, origin=mu,
                                  origin_proj=proj[idx].view(n, rows_per_ep), raw=raw,
-                                 row_sq=row_sq[idx].view(n, rows_per_ep))
+                                 row_sq=row_sq[idx].view(n, rows_per_ep)) if heads_plain else {}
+            if on_views:
+                support, directions, query = tangents.gather(index[start:stop], n_support)
+                for head in on_views:
+                    logits[head.name] = head.fit(support, sy, way, tangents=directions)(query)
             for head in heads:
                 lg = logits[head.name]
                 if lg.shape != (*qy.shape, way):
@@ -368,12 +391,19 @@ def evaluate(checkpoint: str | os.PathLike | tuple[torch.nn.Module, dict], data:
                            f"embeddings, and with TTA symmetries a feature concatenates {tta.symmetries} "
                            "of them (use --tta-arg symmetries=1)")
 
-    feats = embed_cached((model, info), data, cache_dir=cache_dir, device=dev, batch_size=batch_size,
-                         progress=progress, tta=tta)
-    check_finite(feats, data.name or None)
     base_mean = info.get("base_mean")
-    feats = apply_transform(feats, kind, None if base_mean is None else torch.as_tensor(base_mean).cpu(),
-                            blocks=tta.symmetries)
+    base_mean = None if base_mean is None else torch.as_tensor(base_mean).cpu()
+    k = max(tangent_count(h) for h in head_objs)
+    tangents = None
+    if k:   # the features and every image's view directions from one pass (not cached)
+        feats, tangents = embed_with_tangents(model, data, info.get("preprocess"), tta=tta, k=k, kind=kind,
+                                              base_mean=base_mean, device=dev, batch_size=batch_size,
+                                              progress=progress)
+    else:
+        feats = embed_cached((model, info), data, cache_dir=cache_dir, device=dev, batch_size=batch_size,
+                             progress=progress, tta=tta)
+    check_finite(feats, data.name or None)
+    feats = apply_transform(feats, kind, base_mean, blocks=tta.symmetries)
     check_finite(feats, data.name or None)
 
     head_objs = bind_base_means(head_objs, info, kind)
@@ -381,7 +411,8 @@ def evaluate(checkpoint: str | os.PathLike | tuple[torch.nn.Module, dict], data:
     accuracy: dict[tuple[str, int], np.ndarray] = {}
     for eps in ep_sets:
         shot = int(eps.support.shape[2])
-        scores = score_episodes(feats, eps, head_objs, chunk_size=chunk_size, progress=progress)
+        scores = score_episodes(feats, eps, head_objs, chunk_size=chunk_size, progress=progress,
+                                tangents=tangents)
         for name, acc in scores.items():
             accuracy[(name, shot)] = acc
     way_used = int(ep_sets[0].support.shape[1])

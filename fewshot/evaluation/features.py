@@ -12,7 +12,7 @@ import hashlib
 import json
 import os
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +86,18 @@ def embed_tensor(model: torch.nn.Module, x_all: torch.Tensor, preprocess: Callab
                  device: str | torch.device | None = None, batch_size: int = 256, progress: bool = False,
                  tta: TTA | None = None) -> torch.Tensor:
     """:func:`embed` of a uint8 or [0, 1] float tensor ``[N, C, H, W]``, without the checks."""
+    plain = tta is None or tta.plain
+    chunks = [(emb if plain else tta.reduce(emb)).cpu() for emb in forward_passes(
+        model, x_all, preprocess, device=device, batch_size=batch_size, progress=progress, tta=tta)]
+    return torch.cat(chunks) if chunks else torch.empty(0, 0)
+
+
+def forward_passes(model: torch.nn.Module, x_all: torch.Tensor, preprocess: Callable | None, *,
+                   device: str | torch.device | None = None, batch_size: int = 256, progress: bool = False,
+                   tta: TTA | None = None) -> Iterator[torch.Tensor]:
+    """The embedding passes of :func:`embed_tensor`: per chunk of images, the float32 embeddings (on
+    the device) of its rows (plain: ``[B, D]``; TTA: :meth:`TTA.expand`'s ``[B * passes, D]``, about
+    ``batch_size`` rows per pass)."""
     if batch_size < 1:
         raise FewShotError(f"batch size must be positive, got {batch_size}")
     dev = pick_device(device)
@@ -96,7 +108,6 @@ def embed_tensor(model: torch.nn.Module, x_all: torch.Tensor, preprocess: Callab
     plain = tta is None or tta.plain
     step = batch_size if plain else images_per_pass(tta.passes, batch_size)
     n = x_all.shape[0]
-    chunks: list[torch.Tensor] = []
     from fewshot.progress import progress as progress_bar
 
     bar = progress_bar(total=n, desc="embed" if plain else f"embed x{tta.passes}", unit="img",
@@ -110,11 +121,9 @@ def embed_tensor(model: torch.nn.Module, x_all: torch.Tensor, preprocess: Callab
                 x = _normalize(prep, tta.expand(_to_unit(prep, batch)))
             if start == 0:
                 _probe(model, fast.module, x[:1])
-            emb = fast(x).float()
-            chunks.append((emb if plain else tta.reduce(emb)).cpu())
+            yield fast(x).float()
             bar.update(batch.shape[0])
     bar.close()
-    return torch.cat(chunks) if chunks else torch.empty(0, 0)
 
 
 def _to_unit(preprocess: Callable, batch: torch.Tensor) -> torch.Tensor:

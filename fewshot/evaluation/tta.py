@@ -10,8 +10,10 @@ other images share its batch, on the batch size or on the order of the data set;
 is embedded on its own, so a 1-shot episode stays 1-shot.
 
 Where the setting comes from (:func:`resolve_tta`): the checkpoint's record (``ckpt["tta"]``,
-written at training time from the recipe's ``val_tta`` / ``val_tta_augment``; older checkpoints:
-the same keys of their stored config), then the user's overrides (``--tta N``, ``--tta-arg K=V``).
+written at training time from the recipe's ``val_tta`` / ``val_tta_augment`` / ``val_tta_symmetries``,
+or ``eval_tta`` / ``eval_tta_symmetries`` where a recipe evaluates with more passes than it
+validates with; older checkpoints: the same keys of their stored config), then the user's
+overrides (``--tta N``, ``--tta-arg K=V``).
 Without a recipe setting the default is one view (plain embedding) with the augmentation of the
 data kind (:func:`default_augment`: mild affine for drawings, flips and mild crops for photos),
 so ``--tta 16`` alone does the sensible thing.
@@ -176,11 +178,14 @@ class TTA:
         symmetry's views, the symmetries concatenated: ``[B, symmetries * D]``."""
         if self.plain:
             return emb
-        d = emb.shape[-1]
-        emb = emb.view(-1, self.views, d)
-        if self.normalize and self.views > 1:
-            emb = F.normalize(emb, dim=-1)
-        return emb.mean(1).reshape(-1, self.symmetries * d)
+        return self.per_view(emb).mean(2).flatten(1)
+
+    def per_view(self, emb: torch.Tensor) -> torch.Tensor:
+        """Embeddings of :meth:`expand`'s rows ``[B * symmetries * views, D]`` as ``[B, symmetries,
+        views, D]`` (unit length when views are averaged as unit vectors): what :meth:`reduce`
+        averages, and what the tangent head's view directions are computed from."""
+        emb = emb.view(-1, self.symmetries, self.views, emb.shape[-1])
+        return F.normalize(emb, dim=-1) if self.normalize and self.views > 1 else emb
 
 
 def _short(v: Any) -> str:
@@ -192,15 +197,18 @@ def _short(v: Any) -> str:
 
 
 # ---------------------------------------------------------------- where it comes from
-def tta_from_config(config: dict, channels: int, distance: str | None) -> TTA:
-    """The TTA of a training config (``val_tta`` views, ``val_tta_augment`` over the data kind's
-    default, the run's seed): what a checkpoint records and what evaluation reuses."""
+def tta_from_config(config: dict, channels: int, distance: str | None, *, validation: bool = False) -> TTA:
+    """The TTA of a training config: what a checkpoint records and evaluation reuses (``eval_tta``
+    views and ``eval_tta_symmetries`` where set, else validation's), or with ``validation`` what
+    the run validates with (``val_tta``, ``val_tta_symmetries``); both with ``val_tta_augment`` over
+    the data kind's default and the run's seed."""
     config = config or {}
-    views = config.get("val_tta") or 1
+    views, symmetries = config.get("val_tta") or 1, config.get("val_tta_symmetries") or 1
+    if not validation:
+        views, symmetries = config.get("eval_tta") or views, config.get("eval_tta_symmetries") or symmetries
     augment = {**default_augment(channels), **dict(config.get("val_tta_augment") or {})}
     return TTA(int(views), augment, int(config.get("seed") or 0),
-               normalize=(distance or "cosine") == "cosine",
-               symmetries=int(config.get("val_tta_symmetries") or 1))
+               normalize=(distance or "cosine") == "cosine", symmetries=int(symmetries))
 
 
 def checkpoint_tta(info: dict) -> TTA:

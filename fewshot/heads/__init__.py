@@ -20,6 +20,7 @@ from fewshot.heads.nn import NNHead
 from fewshot.heads.proto import ProtoHead
 from fewshot.heads.proto_dc import ProtoDCHead
 from fewshot.heads.ridge import DEFAULT_GRID, loo_residuals, loo_select, ridge_fit
+from fewshot.heads.tangent import TangentHead
 from fewshot.registry import Registry
 
 HEADS = Registry("head", passthrough=None)
@@ -28,6 +29,8 @@ for _name, _cls, _adaptable in (("proto", ProtoHead, True), ("nn", NNHead, True)
     HEADS.register(_name, _cls, skip=("name",), adaptable=_adaptable)
 # needs the checkpoint's base-class means (fewshot.evaluation.evaluate hands them over)
 HEADS.register("proto-dc", ProtoDCHead, skip=("name", "base_means"), adaptable=False)
+# needs every support image's view directions (fewshot.evaluation.evaluate computes them from TTA views)
+HEADS.register("tangent", TangentHead, skip=("name",), adaptable=False)
 
 
 def get_head(name: str | Any, **kw: Any) -> Head:
@@ -45,5 +48,5 @@ def get_head(name: str | Any, **kw: Any) -> Head:
 
 
 __all__ = ["HEADS", "get_head", "as_head", "Head", "Fitted", "CallableHead", "ProtoHead", "ProtoDCHead",
-           "NNHead", "LSHead", "LSMLPHead", "LogRegHead", "ridge_fit", "loo_select", "loo_residuals",
-           "DEFAULT_GRID"]
+           "NNHead", "LSHead", "LSMLPHead", "LogRegHead", "TangentHead", "ridge_fit", "loo_select",
+           "loo_residuals", "DEFAULT_GRID"]

@@ -119,6 +119,11 @@ class TrainConfig:
     val_tta_every: int = 1
     val_tta_augment: dict = field(default_factory=dict)
     val_tta_symmetries: int = 1   # 1, 2, 4 or 8 symmetries of the square, each with the views
+    # evaluation's default views and symmetries where they differ from validation's (None: the
+    # same), recorded in the checkpoint: `fewshot eval` can afford more passes per image than the
+    # last validation of a run with a time budget (the augmentation is val_tta_augment for both)
+    eval_tta: int | None = None
+    eval_tta_symmetries: int | None = None
     # the feature transform of validation and, recorded in the checkpoint, of evaluation's default
     # (None: by the distance, l2 for cosine); cl2n needs the base mean only the finished run knows
     eval_transform: str | None = None
@@ -218,6 +223,11 @@ def check_config(cfg: TrainConfig, world: int | None = None) -> None:
     if int(cfg.val_tta_every) < 0:
         raise FewShotError(f"val-tta-every must be >= 0 (0: only the last epoch), got {cfg.val_tta_every}")
     check_symmetries(cfg.val_tta_symmetries, "val-tta-symmetries")
+    if cfg.eval_tta is not None and (isinstance(cfg.eval_tta, bool) or not isinstance(cfg.eval_tta, int)
+                                     or cfg.eval_tta < 1):
+        raise FewShotError(f"eval-tta must be a positive integer, got {cfg.eval_tta!r}")
+    if cfg.eval_tta_symmetries is not None:
+        check_symmetries(cfg.eval_tta_symmetries, "eval-tta-symmetries")
     if cfg.frame is not None:
         check_frame(cfg.frame)
     if cfg.frame is not None and cfg.image_size is None:

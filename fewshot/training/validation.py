@@ -38,7 +38,8 @@ class Validation:
         self.sets = {shot: sample_episodes(val, EpisodeSpec(cfg.val_way, shot, query), cfg.val_episodes,
                                            seed=cfg.seed, within_group=cfg.val_within_group, drop_small=True)
                      for shot in cfg.val_shots}
-        self.tta: TTA = tta_from_config(cfg.to_dict(), channels, distance)  # what the checkpoint records
+        # the run's own views (the checkpoint records evaluation's, eval_tta where the recipe sets it)
+        self.tta: TTA = tta_from_config(cfg.to_dict(), channels, distance, validation=True)
         # the features' transform: the recorded one; with TTA symmetries evaluation's default for the
         # distance too, since their blocks are transformed one by one (the cosine of the whole
         # concatenation would weigh the blocks by their norms)
