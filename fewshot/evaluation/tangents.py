@@ -85,15 +85,22 @@ def embed_with_tangents(model: torch.nn.Module, images: ImageSet | torch.Tensor,
     x_all = images.images if isinstance(images, ImageSet) else images
     if not isinstance(x_all, torch.Tensor) or x_all.dtype != torch.uint8 or x_all.dim() != 4:
         raise FewShotError("embed needs an ImageSet or a uint8 tensor [N, C, H, W]")
-    feats, means, directions = [], [], []
+    n = x_all.shape[0]
+    out: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+    done = 0
     for emb in forward_passes(model, x_all, preprocess, device=device, batch_size=batch_size,
                               progress=progress, tta=tta):
-        feats.append(tta.reduce(emb).cpu())
         views = transform(tta.per_view(emb), kind, base_mean)              # [B, blocks, views, D]
-        means.append(views.mean(2).flatten(1).cpu())
-        directions.append(view_tangents(views, k).half().cpu())
-    if not feats:
+        parts = (tta.reduce(emb), views.mean(2).flatten(1), view_tangents(views, k))
+        if out is None:   # the results are allocated once: per-chunk pieces kept between the large
+            # temporaries of every pass fragment the heap (a run grew to 24 GB that way)
+            out = (torch.empty(n, *parts[0].shape[1:]), torch.empty(n, *parts[1].shape[1:]),
+                   torch.empty(n, *parts[2].shape[1:], dtype=torch.float16))
+        stop = done + parts[0].shape[0]
+        for target, part in zip(out, parts):
+            target[done:stop] = part
+        done = stop
+    if out is None:
         return torch.empty(0, 0), ViewTangents(torch.empty(0, 0), torch.empty(0, tta.symmetries, 0, 0))
-    out = torch.cat(feats)
-    check_finite(out, getattr(images, "name", "") or None)
-    return out, ViewTangents(torch.cat(means), torch.cat(directions), unit=kind != "none")
+    check_finite(out[0], getattr(images, "name", "") or None)
+    return out[0], ViewTangents(out[1], out[2], unit=kind != "none")
