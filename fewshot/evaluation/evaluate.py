@@ -38,7 +38,7 @@ from fewshot.evaluation.features import (
 )
 from fewshot.evaluation.features import transform as apply_transform
 from fewshot.evaluation.inference import threads as limit_threads
-from fewshot.evaluation.tangents import embed_with_tangents
+from fewshot.evaluation.tangents import ViewTangents, embed_with_tangents
 from fewshot.evaluation.tta import resolve_tta
 from fewshot.heads import Head, get_head
 from fewshot.heads.base import check_distance
@@ -118,7 +118,7 @@ def score_chunk(rows: torch.Tensor, n_support: int, support_labels: torch.Tensor
 
 def score_episodes(features: torch.Tensor, episodes: Episodes, heads: Sequence[Head], *,
                    chunk_size: int | None = None, progress: bool = False,
-                   threads: int | None = 1, tangents: torch.Tensor | None = None) -> dict[str, np.ndarray]:
+                   threads: int | None = 1, tangents: ViewTangents | None = None) -> dict[str, np.ndarray]:
     """Accuracy of every head on every episode: ``{head name: float64 [E]}``.
 
     Episodes are processed ``chunk_size`` at a time (default: as many as fit ``CHUNK_BYTES`` of

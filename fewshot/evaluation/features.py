@@ -87,9 +87,15 @@ def embed_tensor(model: torch.nn.Module, x_all: torch.Tensor, preprocess: Callab
                  tta: TTA | None = None) -> torch.Tensor:
     """:func:`embed` of a uint8 or [0, 1] float tensor ``[N, C, H, W]``, without the checks."""
     plain = tta is None or tta.plain
-    chunks = [(emb if plain else tta.reduce(emb)).cpu() for emb in forward_passes(
-        model, x_all, preprocess, device=device, batch_size=batch_size, progress=progress, tta=tta)]
-    return torch.cat(chunks) if chunks else torch.empty(0, 0)
+    out, done = None, 0
+    for emb in forward_passes(model, x_all, preprocess, device=device, batch_size=batch_size,
+                              progress=progress, tta=tta):
+        part = emb if plain else tta.reduce(emb)
+        if out is None:   # allocated once: small per-pass pieces kept between the large temporaries
+            out = torch.empty(x_all.shape[0], part.shape[1])   # of every pass would fragment the heap
+        out[done:done + part.shape[0]] = part
+        done += part.shape[0]
+    return torch.empty(0, 0) if out is None else out
 
 
 def forward_passes(model: torch.nn.Module, x_all: torch.Tensor, preprocess: Callable | None, *,

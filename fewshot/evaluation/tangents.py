@@ -6,8 +6,9 @@ image and symmetry, the mean of its views *after* the feature transform (each vi
 its own, e.g. ``pt``: square root, unit length) and the ``k`` leading principal directions of
 those transformed views around it, an orthonormal ``[k, D]`` basis of how the image's feature moves
 under the views' deformations. Directions along which the views do not spread (a blank image) are
-zero. The tangent distance is measured between view means, so a query and a support image are
-points of the same kind, and the support image's directions live in the same space.
+zero. The tangent distance is measured from a query's view mean (at unit length per block under
+a unit-length transform, where single views lie) to a support image's view mean along its
+directions, all in the same transformed space (:meth:`ViewTangents.gather`).
 """
 
 from __future__ import annotations
@@ -101,6 +102,7 @@ def embed_with_tangents(model: torch.nn.Module, images: ImageSet | torch.Tensor,
             target[done:stop] = part
         done = stop
     if out is None:
-        return torch.empty(0, 0), ViewTangents(torch.empty(0, 0), torch.empty(0, tta.symmetries, 0, 0))
+        return torch.empty(0, 0), ViewTangents(torch.empty(0, 0),
+                                               torch.empty(0, tta.symmetries, 0, 0, dtype=torch.float16))
     check_finite(out[0], getattr(images, "name", "") or None)
     return out[0], ViewTangents(out[1], out[2], unit=kind != "none")
