@@ -73,29 +73,47 @@ def embed(model: torch.nn.Module, images: ImageSet | torch.Tensor, preprocess: C
     pass embeds the views of ``batch_size // views`` images together (views x images in one batch,
     no loop over views) and averages each image's views.
     """
-    x_all = images.images if isinstance(images, ImageSet) else images
-    if not isinstance(x_all, torch.Tensor) or x_all.dtype != torch.uint8 or x_all.dim() != 4:
-        raise FewShotError("embed needs an ImageSet or a uint8 tensor [N, C, H, W]")
+    x_all = image_tensor(images)
     feats = embed_tensor(model, x_all, preprocess, device=device, batch_size=batch_size,
                          progress=progress, tta=tta)
     check_finite(feats, getattr(images, "name", "") or None)
     return feats
 
 
+def image_tensor(images: ImageSet | torch.Tensor) -> torch.Tensor:
+    """The uint8 ``[N, C, H, W]`` images of an :class:`~episodes.ImageSet` or tensor; else one line."""
+    x_all = images.images if isinstance(images, ImageSet) else images
+    if not isinstance(x_all, torch.Tensor) or x_all.dtype != torch.uint8 or x_all.dim() != 4:
+        raise FewShotError("embed needs an ImageSet or a uint8 tensor [N, C, H, W]")
+    return x_all
+
+
 def embed_tensor(model: torch.nn.Module, x_all: torch.Tensor, preprocess: Callable | None, *,
                  device: str | torch.device | None = None, batch_size: int = 256, progress: bool = False,
                  tta: TTA | None = None) -> torch.Tensor:
     """:func:`embed` of a uint8 or [0, 1] float tensor ``[N, C, H, W]``, without the checks."""
-    plain = tta is None or tta.plain
+    passes = forward_passes(model, x_all, preprocess, device=device, batch_size=batch_size,
+                            progress=progress, tta=tta)
+    out = collect(passes, x_all.shape[0], lambda emb: (emb if tta is None else tta.reduce(emb),))
+    return torch.empty(0, 0) if out is None else out[0]
+
+
+def collect(passes: Iterator[torch.Tensor], n: int,
+            parts: Callable[[torch.Tensor], tuple[torch.Tensor, ...]]) -> tuple[torch.Tensor, ...] | None:
+    """The per-image results ``parts(emb)`` of every pass over ``n`` images, each ``[B, ...]``,
+    written into CPU tensors of ``[n, ...]`` (their dtypes) allocated at the first pass; ``None``
+    without passes. Small per-pass pieces kept between the large temporaries of every pass fragment
+    the heap instead (an evaluation at 512 passes per image grew to 24 GB that way)."""
     out, done = None, 0
-    for emb in forward_passes(model, x_all, preprocess, device=device, batch_size=batch_size,
-                              progress=progress, tta=tta):
-        part = emb if plain else tta.reduce(emb)
-        if out is None:   # allocated once: small per-pass pieces kept between the large temporaries
-            out = torch.empty(x_all.shape[0], part.shape[1])   # of every pass would fragment the heap
-        out[done:done + part.shape[0]] = part
-        done += part.shape[0]
-    return torch.empty(0, 0) if out is None else out
+    for emb in passes:
+        got = parts(emb)
+        if out is None:
+            out = tuple(torch.empty(n, *p.shape[1:], dtype=p.dtype) for p in got)
+        stop = done + got[0].shape[0]
+        for target, p in zip(out, got):
+            target[done:stop] = p
+        done = stop
+    return out
 
 
 def forward_passes(model: torch.nn.Module, x_all: torch.Tensor, preprocess: Callable | None, *,

@@ -20,7 +20,7 @@ import torch
 
 from episodes.imageset import ImageSet
 from fewshot.errors import FewShotError
-from fewshot.evaluation.features import check_finite, forward_passes, transform
+from fewshot.evaluation.features import check_finite, collect, forward_passes, image_tensor, transform
 from fewshot.evaluation.tta import TTA
 
 __all__ = ["ViewTangents", "view_tangents", "embed_with_tangents"]
@@ -55,13 +55,13 @@ class ViewTangents:
         points above view means on both sides (``benchmarks/RESULTS.md``).
         """
         index = index.to(self.features.device)
-        blocks = self.directions.shape[1]
-        support = self.features[index[:, :n_support].reshape(-1)].view(index.shape[0], n_support, -1)
-        query = self.features[index[:, n_support:].reshape(-1)].view(index.shape[0], -1, blocks,
-                                                                     self.directions.shape[-1])
-        directions = self.directions[index[:, :n_support].reshape(-1)].float()
-        return (support, directions.view(index.shape[0], n_support, *self.directions.shape[1:]),
-                (torch.nn.functional.normalize(query, dim=-1) if self.unit else query).flatten(2))
+        e, (blocks, d) = index.shape[0], (self.directions.shape[1], self.directions.shape[-1])
+        rows = index[:, :n_support].reshape(-1)
+        support = self.features[rows].view(e, n_support, -1)
+        directions = self.directions[rows].float().view(e, n_support, *self.directions.shape[1:])
+        query = self.features[index[:, n_support:].reshape(-1)].view(e, -1, blocks, d)
+        query = torch.nn.functional.normalize(query, dim=-1) if self.unit else query
+        return support, directions, query.flatten(2)
 
 
 def view_tangents(views: torch.Tensor, k: int) -> torch.Tensor:
@@ -83,24 +83,15 @@ def embed_with_tangents(model: torch.nn.Module, images: ImageSet | torch.Tensor,
     the images' :class:`ViewTangents` under transform ``kind`` (``min(k, views - 1)`` directions)."""
     if tta.views < 2:
         raise FewShotError("the tangent head needs each image's TTA views: use --tta N with N >= 2")
-    x_all = images.images if isinstance(images, ImageSet) else images
-    if not isinstance(x_all, torch.Tensor) or x_all.dtype != torch.uint8 or x_all.dim() != 4:
-        raise FewShotError("embed needs an ImageSet or a uint8 tensor [N, C, H, W]")
-    n = x_all.shape[0]
-    out: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
-    done = 0
-    for emb in forward_passes(model, x_all, preprocess, device=device, batch_size=batch_size,
-                              progress=progress, tta=tta):
+    x_all = image_tensor(images)
+
+    def parts(emb: torch.Tensor) -> tuple[torch.Tensor, ...]:
         views = transform(tta.per_view(emb), kind, base_mean)              # [B, blocks, views, D]
-        parts = (tta.reduce(emb), views.mean(2).flatten(1), view_tangents(views, k))
-        if out is None:   # the results are allocated once: per-chunk pieces kept between the large
-            # temporaries of every pass fragment the heap (a run grew to 24 GB that way)
-            out = (torch.empty(n, *parts[0].shape[1:]), torch.empty(n, *parts[1].shape[1:]),
-                   torch.empty(n, *parts[2].shape[1:], dtype=torch.float16))
-        stop = done + parts[0].shape[0]
-        for target, part in zip(out, parts):
-            target[done:stop] = part
-        done = stop
+        return tta.reduce(emb), views.mean(2).flatten(1), view_tangents(views, k).half()
+
+    passes = forward_passes(model, x_all, preprocess, device=device, batch_size=batch_size,
+                            progress=progress, tta=tta)
+    out = collect(passes, x_all.shape[0], parts)
     if out is None:
         return torch.empty(0, 0), ViewTangents(torch.empty(0, 0),
                                                torch.empty(0, tta.symmetries, 0, 0, dtype=torch.float16))
